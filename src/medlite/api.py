@@ -1,0 +1,122 @@
+"""The Python functions behind every CLI subcommand (the CLI only parses arguments and prints).
+
+>>> import medlite
+>>> medlite.list_models("hybridnet*")
+['hybridnet_xr_100', 'hybridnet_xr_150', 'hybridnet_xr_50']
+>>> result = medlite.train(source="synthetic", model="hybridnet_xr_50", epochs=2, img_size=64, out="runs/demo")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medlite.errors import MedliteError
+from medlite.evaluate.run_eval import evaluate_run
+from medlite.training import TrainResult
+from medlite.training import train as _train
+from medlite.utils import rundir
+
+
+def model_table(pattern: str = "*", num_classes: int = 6, in_chans: int = 1) -> list[dict[str, Any]]:
+    """One row per registered model: name, family, parameters and MACs (at its default input size).
+
+    Parameters and MACs are counted for ``num_classes`` outputs and ``in_chans`` input channels (the X-ray
+    default: 6 classes, 1 channel). MACs are multiply-accumulates of one image (FLOPs = 2 x MACs).
+    """
+    from medlite.evaluate.profile import count_macs, count_parameters
+    from medlite.models import create_model, get_model_cfg, list_models
+
+    names = list_models(pattern)
+    if not names:
+        raise MedliteError(f"no model matches {pattern!r}; run `medlite models` to list them")
+    rows = []
+    for name in names:
+        cfg = get_model_cfg(name)
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
+        rows.append({"name": name, "family": cfg.family, "params": count_parameters(model),
+                     "macs": count_macs(model, cfg.input_size, in_chans=in_chans), "input_size": cfg.input_size})
+    return rows
+
+
+def synthesize(out: str | Path, classes: str = "chestx6", per_class: int = 50, size: int = 128,
+               seed: int = 0) -> Path:
+    """Write a phantom dataset (``OUT/<class>/*.png``, ``OUT/masks/...``, ``OUT/manifest.csv``); returns OUT."""
+    from medlite.data.synthetic import write_phantom_dataset
+
+    return write_phantom_dataset(out, classes=classes, per_class=per_class, size=size, seed=seed)
+
+
+def inspect(source: str | Path, *, strict: bool = False, group_from_filename: bool | str = False) -> dict[str, Any]:
+    """Summary of a data source: class counts (per split), image sizes, bit depths, duplicates, unreadable files."""
+    from medlite.data.inspect import inspect_source
+    from medlite.data.sources import open_source
+
+    return inspect_source(open_source(source, strict=strict, group_from_filename=group_from_filename))
+
+
+def train(config: Any = None, *, out: str | Path, source: str | None = None, img_size: int | None = None,
+          **overrides: Any) -> TrainResult:
+    """Train a model into a run directory; see :func:`medlite.training.train` for every setting.
+
+    ``source`` and ``img_size`` are the CLI's names for ``data.source`` and ``preprocess.size``.
+    """
+    return _train(config, out=out, source=source, size=img_size, **overrides)
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test",
+             out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a finished run (``metrics.json``); ``data`` evaluates it on another source with the same classes."""
+    if split not in ("train", "val", "test"):
+        raise MedliteError(f"--split must be train, val or test, got {split!r}")
+    return evaluate_run(run_dir, data=data, split=split, out=out)
+
+
+def profile(target: str | Path, *, img_size: int | None = None, batch_size: int = 32,
+            threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Efficiency profile of a model name or a run directory (then also written to ``RUNDIR/profile.json``)."""
+    from medlite.evaluate.profile import profile_model
+    from medlite.models import get_model_cfg
+
+    path = Path(target)
+    if path.is_dir():
+        run = rundir.require_run_dir(path)
+        info = rundir.read_json(run / "run.json")
+        result = profile_model(info["model"], img_size=img_size or info["input_size"], batch_size=batch_size,
+                               in_chans=info["in_chans"], num_classes=info["num_classes"], device=device,
+                               threads=threads, weights_path=run / rundir.WEIGHTS)
+        rundir.write_json(run / rundir.PROFILE, result)
+        return result
+    cfg = get_model_cfg(str(target))
+    return profile_model(cfg.name, img_size=img_size or cfg.input_size, batch_size=batch_size, device=device,
+                         threads=threads)
+
+
+def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+    """Table of runs with CIs and efficiency, Pareto frontier plots; writes ``out`` (.html/.md) when given."""
+    from medlite.evaluate.report import compare_runs
+
+    return compare_runs(run_dirs, out)
+
+
+def demo(out: str | Path = "demo_out", *, per_class: int = 60, img_size: int = 64, epochs: int = 8,
+         models: tuple[str, ...] = ("hybridnet_xr_100", "mobilenet_v2"), progress: bool = True) -> dict[str, Any]:
+    """The whole pipeline on built-in phantoms: synthesize, train, evaluate, profile, compare.
+
+    Writes ``OUT/data`` (ChestX6 phantoms), ``OUT/runs/<model>`` and ``OUT/report.html``; returns the
+    comparison (see :func:`compare`). Everything is offline and sized for a 2-core CPU.
+    """
+    out = Path(out)
+    data = synthesize(out / "data", classes="chestx6", per_class=per_class, size=max(img_size, 64), seed=0)
+    run_dirs = []
+    for name in models:
+        run = out / "runs" / name
+        if (run / rundir.CONFIG).exists():
+            import shutil
+
+            shutil.rmtree(run)  # the demo always starts fresh
+        _train(None, out=run, source=str(data / "manifest.csv"), model=name, epochs=epochs, size=img_size,
+               batch_size=32, lr=3e-3, warmup_epochs=1.0, early_stopping_patience=0, progress=progress)
+        profile(run, batch_size=32)
+        run_dirs.append(run)
+    return compare(run_dirs, out / "report.html")

@@ -1,0 +1,210 @@
+"""The ``medlite`` command line: one thin function per subcommand over :mod:`medlite.api`.
+
+User mistakes (:class:`~medlite.errors.MedliteError`) print one line to stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from medlite import api
+from medlite.errors import MedliteError
+
+app = typer.Typer(help="Lightweight chest X-ray classifiers: build, train, compare, explain, deploy.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Create and inspect data sources.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Source = Annotated[str, typer.Argument(help="folder, CSV manifest, MedMNIST .npz, or 'synthetic[:chestx6|pediatric3|binary]'")]
+GroupOpt = Annotated[Optional[str], typer.Option("--group-from-filename", help="derive patient ids from file "
+                     "names: 'auto' (personNNN_..., IM-NNNN-...) or a regex whose first group is the id")]
+
+
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a user mistake into one red line on stderr and exit code 2 (no traceback); Ctrl-C into code 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except MedliteError as err:
+            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as err:
+            err_console.print(f"interrupted. {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _group(value: str | None) -> bool | str:
+    return False if value is None else (True if value == "auto" else value)
+
+
+@app.command()
+@friendly_errors
+def models(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.g. 'mobilenet*'")] = "*") -> None:
+    """List registered models: parameters (6 classes, 1 channel), MACs at the default input size."""
+    table = Table(title="medlite models (6 classes, 1 channel; MACs of one image, FLOPs = 2 x MACs)")
+    for column in ("model", "family", "params", "MACs", "input"):
+        table.add_column(column, justify="right" if column in ("params", "MACs", "input") else "left")
+    for row in api.model_table(pattern):
+        table.add_row(row["name"], row["family"], f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f} M",
+                      f"{row['input_size']}")
+    console.print(table)
+
+
+@data_app.command("synth")
+@friendly_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="output folder")],
+    classes: Annotated[str, typer.Option(help="chestx6, pediatric3 or binary")] = "chestx6",
+    per_class: Annotated[int, typer.Option(help="images per class")] = 50,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write synthetic chest-radiograph phantoms with lesion masks and a manifest.csv."""
+    path = api.synthesize(out, classes=classes, per_class=per_class, size=size, seed=seed)
+    console.print(f"wrote phantoms ({classes}, {per_class} per class, {size} px) to {path}; manifest: "
+                  f"{path / 'manifest.csv'}")
+
+
+@data_app.command("inspect")
+@friendly_errors
+def data_inspect(
+    source: Source,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    strict: Annotated[bool, typer.Option(help="fail on the first unreadable file")] = False,
+    group_from_filename: GroupOpt = None,
+) -> None:
+    """Class counts (per split), image sizes, bit depths, duplicates and unreadable files of a source."""
+    from medlite.data.inspect import format_inspection
+
+    summary = api.inspect(source, strict=strict, group_from_filename=_group(group_from_filename))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        console.print(format_inspection(summary))
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Annotated[Optional[str], typer.Option(help="data source (folder, CSV, .npz, synthetic)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="a name from `medlite models`")] = None,
+    out: Annotated[Path, typer.Option(help="run directory to create (or resume)")] = Path("runs/run"),
+    paradigm: Annotated[Optional[str], typer.Option(help="training paradigm")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="square input side in pixels")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw or sgd")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="labelled share of the training split (0, 1]")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help="validation share when the source has no val split")] = None,
+    test_frac: Annotated[Optional[float], typer.Option(help="test share when the source has no test split")] = None,
+    balance: Annotated[Optional[str], typer.Option(help="none, loss (class weights) or sampler")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="none, supervised or simclr augmentation")] = None,
+    init: Annotated[Optional[str], typer.Option(help="checkpoint to initialise from (.safetensors/.pth)")] = None,
+    equalize: Annotated[Optional[str], typer.Option(help="none, hist or clahe")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (default) or 3 input channels")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="processes/GPUs (DDP when > 1)")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option()] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic")] = None,
+    group_from_filename: GroupOpt = None,
+    config: Annotated[Optional[Path], typer.Option(help="run.yaml with data/preprocess/train sections")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from last.ckpt")] = False,
+) -> None:
+    """Train a model and write a complete run directory (weights, metrics, plots, model card)."""
+    result = api.train(
+        config, out=out, source=data, model=model, paradigm=paradigm, epochs=epochs, img_size=img_size,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, fraction=fraction, val_frac=val_frac,
+        test_frac=test_frac, balance=balance, augment=augment, init=init, equalize=equalize, channels=channels,
+        devices=devices, num_nodes=num_nodes, deterministic=deterministic,
+        group_from_filename=_group(group_from_filename), resume=resume,
+    )
+    m = result.metrics
+    console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
+                  f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
+                  f"{m['ci95']['accuracy'][1]:.3f}), macro AUC {m['auc_macro']:.3f}, n = {m['n']}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    data: Annotated[Optional[str], typer.Option(help="another source with the same classes")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="where to write metrics.json")] = None,
+) -> None:
+    """Score a run on its test split (or another source) and write metrics.json."""
+    from medlite.evaluate.metrics import format_metrics
+
+    console.print(format_metrics(api.evaluate(run_dir, data=data, split=split, out=out)))
+
+
+@app.command()
+@friendly_errors
+def profile(
+    target: Annotated[str, typer.Argument(help="a model name or a run directory")],
+    img_size: Annotated[Optional[int], typer.Option(help="input side (default: the model's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch for training memory/throughput")] = 32,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Parameters, MACs, weight size, peak training memory, throughput and latency."""
+    from medlite.evaluate.profile import format_profile
+
+    result = api.profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        console.print(format_profile(result))
+
+
+@app.command()
+@friendly_errors
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    out: Annotated[Optional[Path], typer.Option(help="report file (.html; a .md is written beside it)")] = None,
+) -> None:
+    """One table of runs (accuracy, AUC with CIs, params, MACs, memory, latency) and the Pareto frontier."""
+    result = api.compare(list(run_dirs), out=out)
+    console.print(Markdown(result["markdown"]))
+    for path in result["written"]:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
+    epochs: Annotated[int, typer.Option(help="epochs per model")] = 8,
+) -> None:
+    """Synthesize ChestX6 phantoms, train HybridNet-XR-100 and MobileNetV2, evaluate, profile, compare."""
+    result = api.demo(out, epochs=epochs)
+    console.print(Markdown(result["markdown"]))
+    console.print(f"report: {result['written'][0]}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

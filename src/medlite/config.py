@@ -1,0 +1,133 @@
+"""The resolved configuration of a run: what data, which preprocessing, which model, how it was trained.
+
+A :class:`RunConfig` is written to ``RUNDIR/config.yaml`` at the start of every run and read back by
+``evaluate``, ``export``, ``predict`` and ``--resume``, so a run directory alone reproduces its numbers.
+Validation errors become one-line :class:`~medlite.errors.MedliteError` messages naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medlite.data.preprocess import PreprocessConfig
+from medlite.errors import MedliteError
+
+
+
+class DataConfig(BaseModel):
+    """Where images come from and how they are split.
+
+    Attributes:
+        source: a folder, CSV manifest, MedMNIST ``.npz`` or ``synthetic[:chestx6|pediatric3|binary]``.
+        val_frac / test_frac: fractions of the whole set carved out when the source defines no such split.
+        fraction: share of the training split that keeps its labels (nested and stratified per seed).
+        group_from_filename: derive patient ids from file names (``True``) or with this regex.
+        synthetic_per_class / synthetic_size: phantom count per class and side in pixels (``synthetic`` only).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "synthetic"
+    val_frac: float = Field(0.1, ge=0.0, lt=1.0)
+    test_frac: float = Field(0.2, ge=0.0, lt=1.0)
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    group_from_filename: bool | str = False
+    strict: bool = False
+    synthetic_per_class: int = Field(60, ge=1)
+    synthetic_size: int = Field(128, ge=32)
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings. Defaults follow METHODS.md §7/§10 and DESIGN.md (AdamW, cosine, warm-up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "hybridnet_xr_100"
+    paradigm: Literal["supervised"] = "supervised"
+    init: str | None = None
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    balance: Literal["none", "loss", "sampler"] = "loss"
+    augment: Literal["none", "supervised", "simclr"] = "supervised"
+    early_stopping_patience: int = Field(10, ge=0)
+    seed: int = 0
+    deterministic: bool = False
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    limit_train_batches: int | None = Field(None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from medlite.models import get_model_cfg
+
+        get_model_cfg(name)  # raises ModelError with close matches
+        return name
+
+
+class RunConfig(BaseModel):
+    """Everything needed to reproduce a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"{origin}: {where}: {first['msg']} (got {first.get('input')!r})"
+
+
+def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """Merge ``overrides`` (flat names such as ``epochs=5`` or ``source="x"``) into ``base`` and validate.
+
+    Flat names are routed to the section that defines them, so the CLI and the Python API share one
+    vocabulary. ``None`` values are ignored (an option the user did not give).
+    """
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
+    sections = {"data": DataConfig, "preprocess": PreprocessConfig, "train": TrainConfig}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section = next((s for s, model in sections.items() if key in model.model_fields), None)
+        if section is None:
+            raise MedliteError(f"unknown setting {key!r}")
+        merged.setdefault(section, {})[key] = value
+    try:
+        return RunConfig(**merged)
+    except ValidationError as err:
+        raise MedliteError(_one_line(err, "config")) from None
+
+
+def load_config(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read a ``run.yaml`` / ``config.yaml`` and apply flat ``overrides`` on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedliteError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise MedliteError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise MedliteError(f"{path}: expected a mapping with data/preprocess/train sections")
+    try:
+        return build_config(raw, **overrides)
+    except MedliteError as err:
+        raise MedliteError(f"{path}: {err}") from None

@@ -1,0 +1,98 @@
+"""``model_card.md``: what a run is, what it was trained on, how well it did, and what it must not be used for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlite.config import RunConfig
+from medlite.utils import rundir
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _split_table(data: Any) -> list[str]:
+    lines = ["| split | " + " | ".join(data.classes) + " | total |", "|---" * (len(data.classes) + 2) + "|"]
+    for split in ("train", "val", "test"):
+        idx = data.indices(split, labelled_only=False)
+        counts = np.bincount(data.cached.labels[idx], minlength=len(data.classes))
+        lines.append(f"| {split} | " + " | ".join(str(c) for c in counts) + f" | {len(idx)} |")
+    return lines
+
+
+def write_model_card(
+    out: Path, cfg: RunConfig, data: Any, metrics: dict[str, Any], n_params: int | None = None
+) -> Path:
+    """Write ``out/model_card.md`` from the resolved config, the split and the evaluation metrics."""
+    t, p = cfg.train, cfg.preprocess
+    ci = metrics.get("ci95", {})
+    labelled = int(data.indices("train").size)
+    lines = [
+        f"# Model card: {t.model} ({t.paradigm})",
+        "",
+        "## Data",
+        f"- Source: `{cfg.data.source}` ({data.source.kind}); classes: {', '.join(data.classes)}.",
+        f"- Labelled training images: {labelled} (fraction {cfg.data.fraction} of the training split, seed {t.seed}).",
+        f"- Unreadable files skipped: {len(data.cached.skipped)}.",
+        "",
+        *_split_table(data),
+        "",
+        "## Preprocessing (the contract every later step reuses)",
+        f"- {p.size}x{p.size} px, resize `{p.resize}`, equalisation `{p.equalize}`, Gaussian sigma {p.gaussian_sigma},"
+        f" median kernel {p.median_ksize}, {p.channels} channel(s); intensities scaled to [0, 1] then"
+        " normalised with the model's mean/std.",
+        "",
+        "## Training",
+        f"- Model `{t.model}`{'' if n_params is None else f' ({n_params:,} parameters)'}, init "
+        f"`{t.init or 'random'}`, paradigm `{t.paradigm}`.",
+        f"- {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, batch {t.batch_size}, up to {t.epochs} epochs,"
+        f" warm-up {t.warmup_epochs} epoch(s) then cosine; label smoothing {t.label_smoothing}; class balance "
+        f"`{t.balance}`; augmentation `{t.augment}`; early stopping patience {t.early_stopping_patience} on "
+        "validation macro AUC.",
+        "",
+        f"## Results ({split} split, n = {metrics['n']})",
+        f"- Accuracy {_fmt(metrics['accuracy'])} (95 % CI {_fmt(ci.get('accuracy', [None])[0])}-"
+        f"{_fmt(ci.get('accuracy', [None, None])[1])}), balanced accuracy {_fmt(metrics['balanced_accuracy'])},"
+        f" macro F1 {_fmt(metrics['macro_f1'])}.",
+        f"- Macro AUC (one-vs-rest) {_fmt(metrics['auc_macro'])} (95 % CI {_fmt(ci.get('auc_macro', [None])[0])}-"
+        f"{_fmt(ci.get('auc_macro', [None, None])[1])}); ECE {_fmt(metrics['ece'])}.",
+        "",
+        "| class | precision | recall (class-wise accuracy) | F1 | specificity | AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | "
+            f"{_fmt(m['specificity'])} | {_fmt(m['auc'])} |"
+        )
+    if "thresholds" in metrics:
+        lines += [
+            "",
+            "Binary operating points: "
+            + "; ".join(
+                f"{k}: threshold {_fmt(v['threshold'])}, sensitivity {_fmt(v['sensitivity'])}, specificity "
+                f"{_fmt(v['specificity'])}"
+                for k, v in metrics["thresholds"].items()
+            ),
+        ]
+    lines += [
+        "",
+        "## Intended use",
+        "Research and education: comparing lightweight classifiers and training paradigms on chest X-rays.",
+        "Not a medical device; not for diagnosis or triage of real patients.",
+        "",
+        "## Limitations",
+        "- Metrics hold for this data source and split only; expect lower performance on other scanners, sites and"
+        " populations (evaluate with `medlite evaluate RUN --data OTHER`).",
+        "- Confidence intervals come from bootstrap resampling of the test images; they do not cover site shift.",
+        "- Class balance, acquisition source and image post-processing can act as shortcuts (see METHODS.md §5).",
+        f"- Synthetic phantoms (source `synthetic`) are a software test bed, not evidence of clinical accuracy."
+        if cfg.data.source.startswith("synthetic")
+        else "- Labels are taken as given by the source.",
+        "",
+    ]
+    return rundir.write_text(out / rundir.MODEL_CARD, "\n".join(lines))

@@ -1,0 +1,218 @@
+"""``medlite compare``: one table of runs and the accuracy-vs-cost performance frontier.
+
+A run is *Pareto-optimal* for a cost (peak training memory, latency, parameters) when no other run is at least
+as accurate and at most as costly, and strictly better in one of the two: the frontier analysis of the
+HybridNet-XR paper. Output: Markdown and a self-contained HTML page with the plots embedded as PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medlite.errors import MedliteError
+from medlite.utils import rundir
+
+COSTS = {  # key in a row -> axis label
+    "peak_train_mem_mb": "peak training memory (MB)",
+    "latency_ms_p50": "latency p50, batch 1 (ms)",
+    "params": "parameters",
+}
+
+
+def collect_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per run: identity, test metrics with CIs, and efficiency (from ``profile.json`` when present)."""
+    from medlite.evaluate.profile import count_macs, count_parameters
+    from medlite.evaluate.run_eval import load_run_model
+
+    if not run_dirs:
+        raise MedliteError("compare needs at least one run directory")
+    rows = []
+    for path in run_dirs:
+        run = rundir.require_run_dir(path)
+        metrics = rundir.read_json(run / rundir.METRICS)
+        model, cfg, info = load_run_model(run)
+        profile = rundir.read_json(run / rundir.PROFILE) if (run / rundir.PROFILE).is_file() else {}
+        rows.append(
+            {
+                "run": run.name,
+                "path": str(run),
+                "model": info["model"],
+                "paradigm": info["paradigm"],
+                "data": cfg.data.source,
+                "img_size": info["input_size"],
+                "fraction": cfg.data.fraction,
+                "n": metrics["n"],
+                "accuracy": metrics["accuracy"],
+                "accuracy_ci": metrics["ci95"]["accuracy"],
+                "auc_macro": metrics["auc_macro"],
+                "auc_ci": metrics["ci95"]["auc_macro"],
+                "macro_f1": metrics["macro_f1"],
+                "params": count_parameters(model),
+                "macs": profile.get("macs")
+                or count_macs(model, info["input_size"], in_chans=info["in_chans"]),
+                "peak_train_mem_mb": profile.get("peak_train_mem_mb"),
+                "latency_ms_p50": profile.get("latency_ms_p50"),
+                "train_throughput_ips": profile.get("train_throughput_ips"),
+            }
+        )
+    return rows
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], cost: str, score: str = "accuracy") -> list[bool]:
+    """For each row, whether it is Pareto-optimal (max ``score``, min ``cost``); rows lacking either are not."""
+    flags = []
+    for row in rows:
+        if row.get(cost) is None or row.get(score) is None:
+            flags.append(False)
+            continue
+        dominated = any(
+            other is not row
+            and other.get(cost) is not None
+            and other.get(score) is not None
+            and other[score] >= row[score]
+            and other[cost] <= row[cost]
+            and (other[score] > row[score] or other[cost] < row[cost])
+            for other in rows
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    front = pareto_front(rows, "peak_train_mem_mb")
+    header = [
+        "run",
+        "model",
+        "paradigm",
+        "n",
+        "accuracy [95% CI]",
+        "macro AUC [95% CI]",
+        "params",
+        "MACs (M)",
+        "peak train mem (MB)",
+        "latency p50 (ms)",
+        "frontier",
+    ]
+    body = []
+    for row, on_front in zip(rows, front):
+        body.append(
+            [
+                row["run"],
+                row["model"],
+                row["paradigm"],
+                str(row["n"]),
+                f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.3f}, {row['accuracy_ci'][1]:.3f}]",
+                f"{_fmt(row['auc_macro'])} [{_fmt(row['auc_ci'][0])}, {_fmt(row['auc_ci'][1])}]",
+                f"{row['params']:,}",
+                f"{row['macs'] / 1e6:.1f}",
+                _fmt(row["peak_train_mem_mb"], ".0f"),
+                _fmt(row["latency_ms_p50"], ".2f"),
+                "★" if on_front else "",
+            ]
+        )
+    return header, body
+
+
+def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison table as GitHub Markdown (★ = on the accuracy-vs-peak-memory frontier)."""
+    header, body = _table_rows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n\n★ Pareto-optimal for accuracy vs peak training memory.\n"
+
+
+def frontier_plot(rows: Sequence[dict[str, Any]], cost: str) -> bytes | None:
+    """PNG bytes of accuracy vs ``cost`` with the Pareto front drawn, or ``None`` when no row has that cost."""
+    points = [(r[cost], r["accuracy"], r["run"]) for r in rows if r.get(cost) is not None]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(rows, cost)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=110)
+    for row, on_front in zip(rows, front):
+        if row.get(cost) is None:
+            continue
+        ax.scatter(row[cost], row["accuracy"], color="tab:red" if on_front else "tab:blue", zorder=3)
+        ax.annotate(
+            row["run"], (row[cost], row["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
+    on = sorted((r[cost], r["accuracy"]) for r, f in zip(rows, front) if f)
+    if len(on) > 1:
+        ax.step([c for c, _ in on], [a for _, a in on], where="post", color="tab:red", lw=1, alpha=0.6)
+    if cost == "params":
+        ax.set_xscale("log")
+    ax.set_xlabel(COSTS[cost])
+    ax.set_ylabel("accuracy")
+    ax.set_title("performance frontier (red = Pareto-optimal)", fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def to_html(rows: Sequence[dict[str, Any]]) -> str:
+    """A self-contained HTML report: the table and the three frontier plots embedded as base64 PNG."""
+    header, body = _table_rows(rows)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    table += "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body
+    )
+    table += "</table>"
+    images = []
+    for cost in COSTS:
+        png = frontier_plot(rows, cost)
+        if png is not None:
+            images.append(
+                f'<img alt="accuracy vs {cost}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            )
+    missing = [r["run"] for r in rows if r.get("peak_train_mem_mb") is None]
+    note = (
+        (
+            f"<p>No profile for {', '.join(map(html.escape, missing))}: run <code>medlite profile RUNDIR</code> "
+            "to add memory and latency.</p>"
+        )
+        if missing
+        else ""
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{margin:8px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>medlite compare</title><style>{style}</style>"
+        f"</head><body><h1>medlite compare</h1>{table}<p>★ Pareto-optimal for accuracy vs peak training "
+        f"memory. Accuracy CIs: 1,000 bootstrap resamples of each run's test split.</p>{note}"
+        f"<h2>Performance frontier</h2>{''.join(images)}</body></html>\n"
+    )
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+    """Compare runs; with ``out`` write ``out`` (``.html`` or ``.md``) plus its sibling in the other format.
+
+    Returns:
+        ``{"rows": [...], "markdown": str, "written": [paths]}``.
+    """
+    rows = collect_runs(run_dirs)
+    markdown = to_markdown(rows)
+    written: list[str] = []
+    if out is not None:
+        out = Path(out)
+        if out.suffix not in (".html", ".md"):
+            raise MedliteError(f"--out {out}: use a .html or .md file name")
+        rundir.write_text(out.with_suffix(".md"), "# medlite compare\n\n" + markdown)
+        rundir.write_text(out.with_suffix(".html"), to_html(rows))
+        written = [str(out.with_suffix(".html")), str(out.with_suffix(".md"))]
+    return {"rows": rows, "markdown": markdown, "written": written}

@@ -1,0 +1,162 @@
+"""The LightningModule every training paradigm shares: inputs, optimiser, schedule, validation metrics.
+
+A paradigm subclasses :class:`ClassifierTask` and overrides :meth:`ClassifierTask.training_loss`; everything
+else (turning uint8 batches into normalised, augmented tensors; AdamW/SGD with linear warm-up and cosine
+decay; validation macro AUC for early stopping; per-epoch reseeding so resumed runs are reproducible) lives
+here once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+
+from medlite.data.augment import XrayAugment, XrayAugmentConfig
+from medlite.utils.seed import derive_seed
+
+
+def normalise_batch(images: torch.Tensor, mean: float, std: float, in_chans: int) -> torch.Tensor:
+    """Map intensities in [0, 1] (B, 1, H, W) to the model's convention: ``(x - mean) / std``, ``in_chans`` copies."""
+    x = (images - mean) / std
+    return x.expand(-1, in_chans, -1, -1) if in_chans != x.shape[1] else x
+
+
+class ClassifierTask(pl.LightningModule):
+    """Train a registered classifier on uint8 batches ``(B, 1, S, S)``.
+
+    Args:
+        model: a medlite zoo model (uniform interface, ``model.cfg`` set).
+        num_classes: number of classes C (>= 2); the model outputs C logits.
+        in_chans: channels the model expects (the 1-channel cache is repeated when 3).
+        lr / weight_decay / optimizer: AdamW (default) or SGD with Nesterov momentum 0.9.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), then cosine decay to 0.
+        class_weights: float (C,) loss weights, or ``None`` for an unweighted loss.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        augment: batched X-ray-safe augmentation settings, or ``None`` for none.
+        seed: run seed; each epoch reseeds torch from (seed, epoch, rank) so a resumed run repeats exactly.
+        channels_last: use the channels-last memory format (1.3-1.5x faster convolutions on CPU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        in_chans: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        optimizer: str = "adamw",
+        warmup_epochs: float = 1.0,
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        augment: XrayAugmentConfig | None = None,
+        seed: int = 0,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.mean = float(model.cfg.mean)
+        self.std = float(model.cfg.std)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.seed = seed
+        self.channels_last = channels_last
+        self.augment = XrayAugment(augment) if augment is not None else None
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
+        self._val_probs: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def prepare_inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 (B, 1, S, S) -> float (B, in_chans, S, S), augmented when ``train``, normalised."""
+        x = images.float().div_(255.0)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        x = normalise_batch(x, self.mean, self.std, self.in_chans)
+        if self.channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- training ---------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout and augmentation draw from torch's global RNG; seeding it per epoch makes epoch k identical
+        # whether or not the run was interrupted before it.
+        torch.manual_seed(derive_seed(self.seed, self.current_epoch, self.global_rank))
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Class-weighted, label-smoothed cross-entropy; logits (B, C), targets int64 (B,)."""
+        return F.cross_entropy(logits.float(), targets, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
+
+    def training_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The paradigm's loss for one prepared batch; supervised training is plain cross-entropy."""
+        return self.cross_entropy(self.model(x), targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        loss = self.training_loss(self.prepare_inputs(images, train=True), targets)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    # -- validation -------------------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        logits = self.model(self.prepare_inputs(images, train=False)).float()
+        self.log("val_loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=len(targets),
+                 sync_dist=True)
+        self._val_probs.append(logits.softmax(dim=1))
+        self._val_targets.append(targets)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs = self.all_gather(torch.cat(self._val_probs)).reshape(-1, self.num_classes)
+        targets = self.all_gather(torch.cat(self._val_targets)).reshape(-1)
+        self._val_probs.clear()
+        self._val_targets.clear()
+        acc = multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro")
+        # Macro AUC over the classes present: a tiny validation split may lack a class.
+        present = torch.unique(targets)
+        auc = multiclass_auroc(probs, targets, num_classes=self.num_classes, average=None)[present].mean()
+        self.log("val_acc", acc, prog_bar=True)
+        self.log("val_auc", auc, prog_bar=True)
+
+    # -- optimisation -----------------------------------------------------------------------------------
+    def configure_optimizers(self):  # noqa: ANN201 (Lightning's return type is a union of many shapes)
+        # No weight decay on norms and biases (1-D tensors), as in timm's param groups.
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        warmup = min(int(self.warmup_epochs * total / epochs), total - 1)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,207 @@
+"""``medlite.train``: from a data source to a complete run directory in one call.
+
+Steps: open the source -> preprocess into the uint8 cache -> split (stratified, patient-grouped, labelled
+fraction) -> write config, split manifest and versions -> train the paradigm with Lightning (best and last
+checkpoints, early stopping on validation macro AUC) -> export the best weights as safetensors -> evaluate on
+the test split -> metrics, plots and model card. ``resume=True`` continues from ``last.ckpt`` with the split
+manifest and config stored in the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlite.config import RunConfig, build_config, load_config
+from medlite.data.module import XrayDataModule, class_weights
+from medlite.errors import MedliteError
+from medlite.utils import rundir
+from medlite.utils.seed import seed_everything
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    epochs_run: int
+    wall_time_s: float
+    best_val_auc: float | None
+
+
+@dataclass
+class PreparedData:
+    """A source preprocessed, cached and split, ready for a DataModule."""
+
+    source: Any
+    cached: Any
+    splits: np.ndarray  # str (N,) "train" / "val" / "test" per cached image
+    in_fraction: np.ndarray  # bool (N,) whether a training image keeps its label
+    classes: list[str]
+
+    def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
+        mask = self.splits == split
+        if split == "train" and labelled_only:
+            mask &= self.in_fraction
+        return np.flatnonzero(mask)
+
+
+def prepare_data(cfg: RunConfig, manifest: Path | None = None, progress: bool = True) -> PreparedData:
+    """Open, cache and split the data of ``cfg``; with ``manifest`` reproduce a stored split exactly."""
+    from medlite.data.preprocess import build_cache
+    from medlite.data.sources import open_source
+    from medlite.data.splits import SplitManifest, label_fraction, make_splits
+
+    d = cfg.data
+    source = open_source(d.source, strict=d.strict, group_from_filename=d.group_from_filename,
+                         synthetic_per_class=d.synthetic_per_class, synthetic_size=d.synthetic_size,
+                         seed=cfg.train.seed)
+    cached = build_cache(source, cfg.preprocess, strict=d.strict, progress=progress)
+    records = [source.records[i] for i in cached.record_indices]
+    if manifest is not None:
+        stored = SplitManifest.load(manifest)
+        rows = stored.align(source)[cached.record_indices]
+        splits, in_fraction = stored.splits[rows], stored.in_fraction[rows]
+    else:
+        groups = [r.group for r in records] if any(r.group for r in records) else None
+        predefined = [r.split for r in records] if source.has_splits else None
+        splits = make_splits(cached.labels, groups, val_frac=d.val_frac, test_frac=d.test_frac,
+                             seed=cfg.train.seed, predefined=predefined)
+        in_fraction = np.zeros(len(records), dtype=bool)
+        train_idx = np.flatnonzero(splits == "train")
+        in_fraction[label_fraction(train_idx, cached.labels, d.fraction, cfg.train.seed)] = True
+    if not np.any(splits == "train"):
+        raise MedliteError(f"{d.source}: the split has no training images")
+    return PreparedData(source, cached, np.asarray(splits), np.asarray(in_fraction, dtype=bool), list(cached.classes))
+
+
+def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, overrides: dict[str, Any]) -> RunConfig:
+    if resume:
+        rundir.require_run_dir(out)
+        if not (out / rundir.LAST_CKPT).is_file():
+            raise MedliteError(f"{out}: nothing to resume (no {rundir.LAST_CKPT})")
+        return load_config(out / rundir.CONFIG, **overrides)
+    if out.exists() and (out / rundir.CONFIG).exists():
+        raise MedliteError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+    if isinstance(config, RunConfig):
+        return build_config(config.model_dump(mode="json"), **overrides)
+    if config is not None:
+        return load_config(config, **overrides)
+    return build_config(None, **overrides)
+
+
+def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any], progress: bool):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    monitor = "val_auc" if has_val else None
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="max", save_last=True,
+                                 save_top_k=1, enable_version_counter=False)
+    all_callbacks: list[Any] = [checkpoint, *callbacks]
+    if has_val and t.early_stopping_patience > 0:
+        all_callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping_patience))
+    if progress:
+        all_callbacks.append(RichProgressBar(leave=True))
+    accelerator = t.accelerator if t.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    strategy: Any = "auto"
+    if t.devices * t.num_nodes > 1:
+        # Spawned workers keep the Python API usable from notebooks and tests; gloo is the CPU backend.
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo" if accelerator == "cpu" else None)
+    return pl.Trainer(
+        default_root_dir=out, max_epochs=t.epochs, accelerator=accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=strategy, precision="bf16-mixed" if accelerator == "cuda" else "32-true",
+        deterministic=t.deterministic, callbacks=all_callbacks,
+        logger=CSVLogger(out, name="", version="logs"), enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=1, limit_train_batches=t.limit_train_batches, num_sanity_val_steps=0,
+    ), checkpoint
+
+
+def train(
+    config: RunConfig | str | Path | None = None,
+    *,
+    out: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a model and fill ``out`` with a complete run directory.
+
+    Args:
+        config: a :class:`RunConfig`, a path to a ``run.yaml``, or ``None`` for defaults.
+        out: the run directory (created; must not already hold a run unless ``resume``).
+        resume: continue the run in ``out`` from its ``last.ckpt`` (config and split manifest come from ``out``).
+        callbacks: extra Lightning callbacks.
+        progress: show a progress bar.
+        **overrides: flat settings applied over ``config`` (``model=``, ``epochs=``, ``source=``, ``lr=`` ...).
+
+    Returns:
+        A :class:`TrainResult`; ``result.metrics`` is the test-split ``metrics.json``.
+    """
+    from medlite.evaluate.run_eval import finish_run
+    from medlite.models import create_model
+    from medlite.paradigms import get_paradigm
+
+    started = time.perf_counter()
+    out = Path(out)
+    cfg = _resolve(config, out, resume, overrides)
+    t = cfg.train
+    seed_everything(t.seed, t.deterministic)
+    data = prepare_data(cfg, manifest=out / rundir.SPLITS if resume else None, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        from medlite.data.splits import SplitManifest
+
+        rundir.write_text(out / rundir.CONFIG, cfg.to_yaml())
+        SplitManifest.from_source(data.source, data.splits, fraction_indices=np.flatnonzero(data.in_fraction),
+                                  record_indices=data.cached.record_indices).save(out / rundir.SPLITS)
+    rundir.write_json(out / rundir.VERSIONS, rundir.library_versions())
+
+    num_classes = len(data.classes)
+    model = create_model(t.model, num_classes=num_classes, in_chans=cfg.preprocess.channels, init=t.init)
+    if getattr(model, "init_report", None) is not None:
+        warnings.warn(f"init {t.init}: {model.init_report.summary()}", stacklevel=2)
+    train_idx = data.indices("train")
+    weights = class_weights(data.cached.labels[train_idx], num_classes) if t.balance == "loss" else None
+    from medlite.data.augment import XrayAugmentConfig
+
+    augment = {"none": None, "supervised": XrayAugmentConfig.supervised(), "simclr": XrayAugmentConfig.simclr()}
+    task = get_paradigm(t.paradigm)(
+        model, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr, weight_decay=t.weight_decay,
+        optimizer=t.optimizer, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
+        class_weights=None if weights is None else torch.from_numpy(weights), augment=augment[t.augment],
+        seed=t.seed,
+    )
+    split_indices = {s: data.indices(s) for s in ("train", "val", "test")}
+    datamodule = XrayDataModule(data.cached.images, data.cached.labels, split_indices, batch_size=t.batch_size,
+                                seed=t.seed, balanced_sampler=t.balance == "sampler", num_workers=t.num_workers)
+    has_val = len(split_indices["val"]) > 0
+    trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress)
+    with warnings.catch_warnings():
+        # Lightning suggests DataLoader workers; on 2 cores with a memmap the main process is fastest.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(out / rundir.LAST_CKPT) if resume else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"training interrupted; continue with: medlite train --out {out} --resume")
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / rundir.LAST_CKPT
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model.to(memory_format=torch.contiguous_format)
+    metrics = finish_run(out, cfg, model, data, history_dir=out / "logs")
+    best_score = checkpoint.best_model_score
+    return TrainResult(run_dir=out, metrics=metrics, epochs_run=trainer.current_epoch,
+                       wall_time_s=time.perf_counter() - started,
+                       best_val_auc=float(best_score) if best_score is not None else None)
