@@ -1,0 +1,223 @@
+"""Summarise a :class:`~medlite.data.records.Source` before training on it (``medlite inspect``).
+
+:func:`inspect_source` reads every file once: the bytes are hashed (MD5) to find exact duplicates, the header
+gives size, bit depth and channels (PNG/JPEG headers are parsed, not decoded), and the file is decoded to
+prove it is readable. JPEGs are decoded at 1/8 scale for that check (libjpeg's DCT scaling still walks the
+whole entropy-coded stream, so corrupt data still fail, at a fraction of the cost). Array-backed sources (npz,
+synthetic) are read through ``source.reader``; their duplicates are found from the array bytes and their
+bit depth is inferred from the values (``"8"`` when every value is a multiple of 1/255).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+
+from medlite.data.imageio import decode_image, image_info
+from medlite.data.records import SPLIT_NAMES, Record, Source
+from medlite.errors import DataError
+
+MAX_DUPLICATE_GROUPS = 5  # duplicate groups listed in full; the count covers all of them
+MAX_UNREADABLE_LISTED = 20
+
+
+def _file_facts(record: Record, decode: bool) -> tuple[str, tuple[int, int], str, str, str]:
+    """MD5, (H, W), bit depth, channels and format of a file record; raises DataError when unreadable."""
+    path = Path(str(record.item))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    info = image_info(path, data=data)
+    if decode:
+        decode_image(data, path, reduced=True)
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return digest, (info.height, info.width), str(info.bit_depth), str(info.channels), info.format
+
+
+def _array_facts(source: Source, record: Record) -> tuple[str, tuple[int, int], str, str, str]:
+    """The same facts for an array-backed record, from the decoded float32 (H, W) array."""
+    arr = np.ascontiguousarray(source.reader(record), dtype=np.float32)
+    scaled = arr * 255.0
+    depth = "8" if np.abs(scaled - np.round(scaled)).max(initial=0.0) < 1e-3 else "float"
+    channels = "1" if arr.ndim == 2 else str(arr.shape[-1])
+    digest = hashlib.md5(arr.tobytes(), usedforsecurity=False).hexdigest()
+    return digest, (int(arr.shape[0]), int(arr.shape[1])), depth, channels, source.kind
+
+
+def _size_summary(sizes: Counter[tuple[int, int]]) -> dict[str, Any]:
+    if not sizes:
+        return {}
+    common, n_common = sizes.most_common(1)[0]
+    by_area = sorted(sizes, key=lambda hw: (hw[0] * hw[1], hw))
+    return {
+        "min": f"{by_area[0][0]}x{by_area[0][1]}",
+        "max": f"{by_area[-1][0]}x{by_area[-1][1]}",
+        "most_common": f"{common[0]}x{common[1]}",
+        "most_common_count": n_common,
+        "distinct": len(sizes),
+    }
+
+
+def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str, Any]:
+    """Counts, image properties, exact duplicates and unreadable files of a source.
+
+    Args:
+        source: any source from :func:`medlite.data.sources.open_source`.
+        max_decode: decode at most this many files to check they are readable (headers and hashes are
+            still read for every file); ``None`` decodes all. For array sources it caps the items read,
+            and the size, depth and duplicate figures then cover only those (see ``"examined"``).
+
+    Returns:
+        A JSON-serialisable dict: ``kind``, ``location``, ``classes``, ``counts`` ({class: n}),
+        ``split_counts`` ({split: {class: n}}, only when the source has splits), ``total``, ``examined``,
+        ``decoded``, ``image_size`` (``min``/``max`` by pixel count and ``most_common`` as ``"HxW"``),
+        ``bit_depth``, ``channels`` and ``formats`` (value -> count), ``duplicates`` (``count`` = images that
+        repeat an earlier one byte for byte, ``groups`` = the first few groups of names,
+        ``cross_split_groups`` = groups whose copies sit in different splits) and ``unreadable``
+        (``count`` and ``files``: [{name, reason}], from ``source.skipped`` plus failed decodes).
+    """
+    if max_decode is not None and max_decode < 0:
+        raise DataError(f"max_decode: must be >= 0 or None, got {max_decode}")
+    counts = Counter(source.classes[r.label] for r in source.records)
+    summary: dict[str, Any] = {
+        "kind": source.kind,
+        "location": source.location,
+        "classes": list(source.classes),
+        "counts": {c: counts.get(c, 0) for c in source.classes},
+        "total": len(source.records),
+    }
+    if source.has_splits:
+        per_split: dict[str, Counter[str]] = defaultdict(Counter)
+        for r in source.records:
+            per_split[r.split or "none"][source.classes[r.label]] += 1
+        order = [s for s in (*SPLIT_NAMES, "none") if s in per_split]
+        summary["split_counts"] = {s: {c: per_split[s].get(c, 0) for c in source.classes} for s in order}
+
+    sizes: Counter[tuple[int, int]] = Counter()
+    depths: Counter[str] = Counter()
+    channels: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    hash_splits: dict[str, set[str | None]] = defaultdict(set)
+    unreadable = [{"name": name, "reason": reason} for name, reason in source.skipped]
+    examined = decoded = 0
+    for i, record in enumerate(source.records):
+        decode = max_decode is None or i < max_decode
+        name = record.name or str(record.item)
+        try:
+            if isinstance(record.item, str):
+                facts = _file_facts(record, decode)
+            elif decode:
+                facts = _array_facts(source, record)
+            else:
+                continue
+        except DataError as err:
+            unreadable.append({"name": name, "reason": str(err)})
+            continue
+        examined += 1
+        decoded += decode
+        digest, hw, depth, chans, fmt = facts
+        sizes[hw] += 1
+        depths[depth] += 1
+        channels[chans] += 1
+        formats[fmt] += 1
+        by_hash[digest].append(name)
+        hash_splits[digest].add(record.split)
+
+    groups = [names for names in by_hash.values() if len(names) > 1]
+    summary.update(
+        examined=examined,
+        decoded=decoded,
+        image_size=_size_summary(sizes),
+        bit_depth=dict(sorted(depths.items())),
+        channels=dict(sorted(channels.items())),
+        formats=dict(sorted(formats.items())),
+        duplicates={
+            "count": sum(len(g) - 1 for g in groups),
+            # a group spanning train/val/test leaks test images into training
+            "cross_split_groups": sum(len(s) > 1 for s in hash_splits.values()),
+            "groups": groups[:MAX_DUPLICATE_GROUPS],
+        },
+        unreadable={"count": len(unreadable), "files": unreadable},
+    )
+    return summary
+
+
+def _counter_text(counter: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counter.items()) or "-"
+
+
+def _duplicates_text(dup: dict[str, Any]) -> str:
+    text = f"{dup['count']} exact duplicate image(s)"
+    if dup.get("cross_split_groups"):
+        text += f"; {dup['cross_split_groups']} group(s) span several splits (leakage)"
+    return text
+
+
+def format_inspection(summary: dict[str, Any]) -> Group:
+    """Render :func:`inspect_source`'s summary as rich tables (overview, class counts, problems).
+
+    Returns:
+        A :class:`rich.console.Group` to pass to ``rich.console.Console.print``.
+    """
+    overview = Table(title="Dataset", show_header=False, title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column()
+    size = summary.get("image_size") or {}
+    rows = [
+        ("source", f"{summary['kind']}  {summary['location']}"),
+        ("images", f"{summary['total']} in {len(summary['classes'])} classes"),
+        ("examined", f"{summary.get('examined', 0)} (decoded {summary.get('decoded', 0)})"),
+        (
+            "size (HxW)",
+            f"most common {size['most_common']} ({size['most_common_count']}), "
+            f"min {size['min']}, max {size['max']}, {size['distinct']} distinct"
+            if size
+            else "-",
+        ),
+        ("bit depth", _counter_text(summary.get("bit_depth", {}))),
+        ("channels", _counter_text(summary.get("channels", {}))),
+        ("formats", _counter_text(summary.get("formats", {}))),
+        ("duplicates", _duplicates_text(summary["duplicates"])),
+        ("unreadable", f"{summary['unreadable']['count']} file(s)"),
+    ]
+    for key, value in rows:
+        overview.add_row(key, value)
+
+    counts = Table(title="Images per class", title_justify="left")
+    counts.add_column("class")
+    splits = summary.get("split_counts", {})
+    for split in splits:
+        counts.add_column(split, justify="right")
+    counts.add_column("total", justify="right")
+    for cls in summary["classes"]:
+        counts.add_row(cls, *(str(splits[s][cls]) for s in splits), str(summary["counts"][cls]))
+    counts.add_row(
+        "all", *(str(sum(splits[s].values())) for s in splits), str(summary["total"]), style="bold"
+    )
+
+    parts: list[Any] = [overview, counts]
+    if summary["duplicates"]["groups"]:
+        dup = Table(title="Exact duplicates (first groups)", title_justify="left", show_header=False)
+        dup.add_column()
+        for names in summary["duplicates"]["groups"]:
+            dup.add_row(" = ".join(names))
+        parts.append(dup)
+    files = summary["unreadable"]["files"]
+    if files:
+        bad = Table(title="Unreadable files", title_justify="left")
+        bad.add_column("file")
+        bad.add_column("problem")
+        for item in files[:MAX_UNREADABLE_LISTED]:
+            bad.add_row(item["name"], item["reason"])
+        if len(files) > MAX_UNREADABLE_LISTED:
+            bad.add_row("...", f"{len(files) - MAX_UNREADABLE_LISTED} more")
+        parts.append(bad)
+    return Group(*parts)
