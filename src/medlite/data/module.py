@@ -7,7 +7,7 @@ so an interrupted and resumed run sees exactly the batches an uninterrupted one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -38,14 +38,18 @@ class EpochSeededSampler(Sampler[int]):
     """A shuffling sampler whose order depends only on ``(seed, epoch)``.
 
     With ``weights`` it draws ``len(weights)`` indices with replacement in proportion to them (class-balanced
-    sampling); otherwise it returns a permutation.
+    sampling); otherwise it returns a permutation. ``epoch_fn`` (e.g. the trainer's current epoch) takes
+    precedence over :meth:`set_epoch`: Lightning's own epoch counter for ``set_epoch`` lags by one after resuming
+    from a checkpoint written at the end of validation.
     """
 
-    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None) -> None:
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
         self.n = n
         self.seed = seed
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.epoch = 0
+        self.epoch_fn = epoch_fn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,7 +58,8 @@ class EpochSeededSampler(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
         else:
@@ -111,7 +116,9 @@ class XrayDataModule(pl.LightningDataModule):
         if self.balanced_sampler:
             train_labels = self.labels[dataset.indices]
             weights = class_weights(train_labels, int(self.labels.max()) + 1)[train_labels]
-        sampler = EpochSeededSampler(len(dataset), self.seed, weights)
+        trainer = self.trainer
+        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+        sampler = EpochSeededSampler(len(dataset), self.seed, weights, epoch_fn=epoch_fn)
         # drop_last avoids a final batch of 1, which BatchNorm cannot normalise in training mode.
         drop_last = len(dataset) > self.batch_size
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,

@@ -25,7 +25,7 @@ def _split_table(data: Any) -> list[str]:
 
 
 def write_model_card(
-    out: Path, cfg: RunConfig, data: Any, metrics: dict[str, Any], n_params: int | None = None
+    out: Path, cfg: RunConfig, data: Any, metrics: dict[str, Any], split: str, n_params: int | None = None
 ) -> Path:
     """Write ``out/model_card.md`` from the resolved config, the split and the evaluation metrics."""
     t, p = cfg.train, cfg.preprocess

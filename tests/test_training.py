@@ -1,0 +1,116 @@
+"""End-to-end training on tiny phantom sets: run directory contents, resume determinism, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from medlite import api
+from medlite.errors import MedliteError
+from medlite.training import train
+
+TINY = dict(source="synthetic", synthetic_per_class=8, synthetic_size=32, size=32, batch_size=8,
+            progress=False)
+METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "per_class", "confusion_matrix", "ece",
+               "ci95", "n"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "hxr"
+    result = train(out=out, model="hybridnet_xr_50", epochs=2, **TINY)
+    return out, result
+
+
+def test_run_directory_holds_everything(tiny_run):
+    out, result = tiny_run
+    for name in ("config.yaml", "splits.csv", "model.safetensors", "last.ckpt", "history.csv", "metrics.json",
+                 "model_card.md", "versions.json", "run.json", "plots/learning_curves.png", "plots/roc_test.png",
+                 "plots/confusion_test.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "best.ckpt").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS  # six classes: no binary thresholds
+    assert metrics == result.metrics
+    with (out / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert {"train_loss", "val_auc", "val_acc", "val_loss"} <= set(rows[0])
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["model"] == "hybridnet_xr_50" and config["preprocess"]["size"] == 32
+    info = json.loads((out / "run.json").read_text())
+    assert info["classes"] == ["Covid-19", "Emphysema", "Normal", "Pneumonia-Bacterial", "Pneumonia-Viral",
+                               "Tuberculosis"]
+    assert "Accuracy" in (out / "model_card.md").read_text()
+
+
+def test_split_manifest_covers_every_image_once(tiny_run):
+    out, _ = tiny_run
+    with (out / "splits.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 48
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    assert sum(counts.values()) == 48 and min(counts.values()) > 0
+
+
+def test_evaluate_reproduces_training_metrics(tiny_run, tmp_path):
+    out, result = tiny_run
+    metrics = api.evaluate(out, out=tmp_path)
+    assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert metrics["auc_macro"] == pytest.approx(result.metrics["auc_macro"])
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_refuses_to_overwrite_a_run(tiny_run):
+    out, _ = tiny_run
+    with pytest.raises(MedliteError, match="already holds a run"):
+        train(out=out, model="hybridnet_xr_50", epochs=1, **TINY)
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(MedliteError, match="unknown model 'hybridnet_xr_75'"):
+        train(out=tmp_path / "a", model="hybridnet_xr_75", **TINY)
+    with pytest.raises(MedliteError, match="epochs"):
+        train(out=tmp_path / "b", model="hybridnet_xr_50", epochs=0, **TINY)
+    with pytest.raises(MedliteError, match="run directory not found"):
+        train(out=tmp_path / "c", resume=True)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(pl.Callback):
+    """Simulates a crash at the start of the epoch after ``epochs`` complete ones."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epochs:
+            raise _Interrupt
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    settings = dict(model="hybridnet_xr_50", epochs=3, deterministic=True, seed=3, **TINY)
+    full = train(out=tmp_path / "full", **settings)
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "cut", callbacks=[_StopAfter(1)], **settings)
+    assert (tmp_path / "cut" / "last.ckpt").is_file()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    resumed = train(out=tmp_path / "cut", resume=True, progress=False)
+    a = load_file(str(full.run_dir / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
+    with (resumed.run_dir / "history.csv").open() as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1", "2"]
