@@ -1,0 +1,86 @@
+"""Train zoo models on real chest X-rays and print a Markdown results table.
+
+Examples (the figures in BENCHMARKS.md came from these):
+
+    python benchmarks/train_real.py ../shared/data/pneumoniamnist.npz --models hybridnet_xr_50 hybridnet_xr_100 \
+        mobilenet_v2 --img-size 64 --epochs 12 --out bench_runs/pmnist
+    python benchmarks/train_real.py ../shared/data/pediatric-cxr/train --group-from-filename --val-frac 0.2 \
+        --test-frac 0 --models hybridnet_xr_100 mobilenet_v2 --img-size 128 --epochs 10 --out bench_runs/ped128
+
+Each run is a normal medlite run directory; the table reports its ``metrics.json`` (test split, or the
+validation split when ``--test-frac 0``), parameters and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+import medlite
+from medlite.evaluate.profile import count_parameters
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system, all threads), in seconds."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="a source: folder, CSV or MedMNIST .npz")
+    parser.add_argument("--models", nargs="+", default=["hybridnet_xr_100", "mobilenet_v2"])
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--val-frac", type=float, default=0.1)
+    parser.add_argument("--test-frac", type=float, default=0.2)
+    parser.add_argument("--fraction", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-from-filename", action="store_true")
+    parser.add_argument("--patience", type=int, default=0, help="early-stopping patience (0 = off)")
+    parser.add_argument("--out", type=Path, default=Path("bench_runs"))
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        run = args.out / f"{name}-{args.img_size}px-s{args.seed}"
+        started = time.perf_counter()
+        cpu_started = _cpu_seconds()
+        result = medlite.train(
+            out=run, source=args.data, model=name, img_size=args.img_size, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, val_frac=args.val_frac, test_frac=args.test_frac,
+            fraction=args.fraction, seed=args.seed, group_from_filename=args.group_from_filename,
+            early_stopping_patience=args.patience, progress=False,
+        )
+        wall = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_started
+        m = result.metrics
+        info = json.loads((run / "run.json").read_text())
+        params = count_parameters(medlite.create_model(name, num_classes=info["num_classes"], in_chans=1))
+        per_class = " / ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
+        rows.append(
+            f"| {name} | {params:,} | {args.img_size} | {result.epochs_run} | {m['accuracy']:.3f} "
+            f"[{m['ci95']['accuracy'][0]:.3f}, {m['ci95']['accuracy'][1]:.3f}] | {m['auc_macro']:.3f} "
+            f"[{m['ci95']['auc_macro'][0]:.3f}, {m['ci95']['auc_macro'][1]:.3f}] | {m['balanced_accuracy']:.3f} | "
+            f"{per_class} | {m['n']} | {wall / 60:.1f} | {cpu / 60:.1f} |"
+        )
+        print(rows[-1], flush=True)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
+    print("| model | params | px | epochs | accuracy [95% CI] | macro AUC [95% CI] | balanced acc | "
+          "class-wise accuracy (recall) | n | wall (min) | CPU (min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

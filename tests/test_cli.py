@@ -1,0 +1,145 @@
+"""Every CLI command through typer's CliRunner, including the one-line error exits (code 2)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medlite.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.stderr.strip() if result.stderr else result.output.strip()
+    assert "Traceback" not in result.output
+    assert text.startswith("error:") and "\n" not in text, text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "phantoms"
+    result = invoke("data", "synth", out, "--classes", "pediatric3", "--per-class", "6", "--size", "32")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli-runs") / "run"
+    result = invoke("train", "--data", phantoms / "manifest.csv", "--model", "hybridnet_xr_50", "--out", run,
+                    "--epochs", "1", "--img-size", "32", "--batch-size", "4", "--val-frac", "0.2",
+                    "--test-frac", "0.3")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    return run
+
+
+def test_help_on_every_command():
+    for args in ([], ["models"], ["data", "synth"], ["data", "inspect"], ["train"], ["evaluate"], ["profile"],
+                 ["compare"], ["demo"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output, args
+
+
+def test_models_lists_matching_names():
+    result = invoke("models", "resnet*")
+    assert result.exit_code == 0
+    assert "resnet18" in result.output and "resnet50" in result.output and "mobilenet" not in result.output
+    assert "11,173,318" in result.output  # resnet18 with 6 classes and 1 channel
+
+
+def test_synth_writes_images_masks_and_manifest(phantoms):
+    assert sorted(p.name for p in phantoms.iterdir()) == ["bacterial", "manifest.csv", "masks", "normal", "viral"]
+    assert len(list((phantoms / "viral").glob("*.png"))) == 6
+    assert len(list((phantoms / "masks" / "viral").glob("*.png"))) == 6
+
+
+def test_inspect_json_counts_classes(phantoms):
+    result = invoke("data", "inspect", phantoms, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["counts"] == {"bacterial": 6, "normal": 6, "viral": 6}
+
+
+def test_train_evaluate_profile_compare(trained, tmp_path):
+    result = invoke("evaluate", trained, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
+    result = invoke("profile", trained, "--batch-size", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["params"] > 0 and (trained / "profile.json").is_file()
+    result = invoke("compare", trained, "--out", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report.html").read_text()
+    assert "hybridnet_xr_50" in html and "data:image/png;base64" in html
+    assert "hybridnet_xr_50" in (tmp_path / "report.md").read_text()
+
+
+def test_cross_dataset_evaluation(trained, tmp_path):
+    other = tmp_path / "other"
+    assert invoke("data", "synth", other, "--classes", "pediatric3", "--per-class", "4", "--size", "48",
+                  "--seed", "5").exit_code == 0
+    result = invoke("evaluate", trained, "--data", other)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((trained / "eval-other" / "metrics.json").read_text())
+    assert metrics["n"] == 12
+
+
+def test_unknown_model_suggests_close_names(phantoms, tmp_path):
+    result = invoke("train", "--data", phantoms, "--model", "mobilenet_v3", "--out", tmp_path / "x")
+    assert_one_line_error(result, "unknown model 'mobilenet_v3'", "did you mean")
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda root: root, "folder is empty"),
+        (lambda root: (root / "normal").mkdir() or cv2.imwrite(str(root / "normal" / "a.png"),
+                                                                np.zeros((8, 8), np.uint8)) and root,
+         "at least 2 classes"),
+        (lambda root: root / "missing", "no such file or folder"),
+    ],
+    ids=["empty-folder", "single-class", "missing-path"],
+)
+def test_bad_sources_exit_2(tmp_path, make, fragment):
+    source = make(tmp_path)
+    result = invoke("data", "inspect", source)
+    assert_one_line_error(result, fragment)
+
+
+def test_csv_with_missing_file_is_fatal_when_strict(tmp_path):
+    for name in ("a", "b"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((16, 16), 100, np.uint8))
+    (tmp_path / "m.csv").write_text("path,label\na.png,normal\nb.png,pneumonia\ngone.png,normal\n")
+    assert invoke("data", "inspect", tmp_path / "m.csv").exit_code == 0
+    assert_one_line_error(invoke("data", "inspect", tmp_path / "m.csv", "--strict"), "gone.png")
+
+
+def test_sixteen_bit_png_is_read(tmp_path):
+    for label in ("normal", "pneumonia"):
+        (tmp_path / label).mkdir()
+        cv2.imwrite(str(tmp_path / label / "x.png"), np.full((20, 24), 40000, np.uint16))
+    result = invoke("data", "inspect", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["bit_depth"] == {"16": 2}
+
+
+def test_resume_without_a_run_is_an_error(tmp_path):
+    assert_one_line_error(invoke("train", "--out", tmp_path / "nothing", "--resume"), "not found")
+
+
+def test_evaluate_a_folder_that_is_not_a_run(tmp_path):
+    assert_one_line_error(invoke("evaluate", tmp_path), "not a medlite run directory")
