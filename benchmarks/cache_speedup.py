@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from medlite.data.preprocess import PreprocessConfig, build_cache
+from medlite.data.cache import build_cache
+from medlite.data.preprocess import PreprocessConfig
 from medlite.data.sources import open_source
 
 

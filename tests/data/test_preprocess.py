@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from medlite.data.preprocess import (
-    PreprocessConfig,
-    build_cache,
-    cache_key,
-    default_cache_dir,
-    preprocess_image,
-    preprocess_mask,
-    to_tensor,
-)
+from medlite.data.cache import build_cache, cache_key, default_cache_dir
+from medlite.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
 from medlite.data.records import Record, Source
 from medlite.errors import DataError, MedliteError
 

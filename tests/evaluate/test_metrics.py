@@ -23,10 +23,8 @@ from sklearn.metrics import (
 from torchmetrics.functional.classification import multiclass_auroc, multiclass_calibration_error
 
 from medlite.errors import MedliteError
+from medlite.evaluate.bootstrap import _accuracy_from_counts, _stratified_counts, auc_from_counts
 from medlite.evaluate.metrics import (
-    _accuracy_from_counts,
-    _auc_from_counts,
-    _stratified_counts,
     compute_metrics,
     format_metrics,
     probs_from_logits,
@@ -172,7 +170,7 @@ def test_fast_bootstrap_statistics_match_sklearn() -> None:
     pred = (scores > 0.5).astype(int)
     idx = rng.integers(0, n, (5, n))  # plain resamples as index lists
     counts = np.stack([np.bincount(row, minlength=n) for row in idx])
-    for row, auc, acc in zip(idx, _auc_from_counts(scores, y == 1, counts),
+    for row, auc, acc in zip(idx, auc_from_counts(scores, y == 1, counts),
                              _accuracy_from_counts(pred == y, counts), strict=True):
         assert auc == pytest.approx(roc_auc_score(y[row], scores[row]), abs=1e-12)
         assert acc == pytest.approx(accuracy_score(y[row], pred[row]), abs=1e-12)

@@ -26,6 +26,7 @@ from rich.table import Table
 from torchmetrics.functional.classification import binary_roc, binary_stat_scores, multiclass_confusion_matrix
 
 from medlite.errors import MedliteError
+from medlite.evaluate.bootstrap import auc_from_counts, bootstrap_ci
 
 __all__ = ["ReliabilityBins", "compute_metrics", "format_metrics", "probs_from_logits", "reliability_bins",
            "roc_curves", "youden_threshold"]
@@ -35,7 +36,6 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 ECE_BINS = 15
 _ROW_SUM_TOL = 1e-2  # loose enough for float16 softmax, tight enough to reject multi-label sigmoid scores
 _RANGE_TOL = 1e-6
-_BOOT_CELLS = 1 << 21  # resamples x samples held at once by the bootstrap (16 MiB of int64 counts)
 
 
 def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
@@ -215,63 +215,6 @@ def _threshold_metrics(p_pos: np.ndarray, y: np.ndarray, threshold: float) -> di
             "f1": float(_ratio(2 * tp, 2 * tp + fp + fn))}
 
 
-def _stratified_counts(y: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
-    """int64 (rows, N): how often each sample occurs in each resample; every class keeps its size."""
-    n = y.size
-    picks = np.empty((rows, n), dtype=np.int64)
-    start = 0
-    for k in np.unique(y):
-        members = np.flatnonzero(y == k)
-        picks[:, start:start + members.size] = members[rng.integers(0, members.size, (rows, members.size))]
-        start += members.size
-    flat = (np.arange(rows, dtype=np.int64)[:, None] * n + picks).ravel()
-    return np.bincount(flat, minlength=rows * n).reshape(rows, n)
-
-
-def _accuracy_from_counts(correct: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """float (B,) accuracy of B resamples; ``correct`` (N,) 0/1, ``counts`` (B, N) sample multiplicities."""
-    return counts @ correct.astype(np.float64) / counts.sum(axis=1)
-
-
-def _auc_from_counts(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """float (B,) Mann-Whitney AUC of B resamples (ties count 1/2, equal to the trapezoidal ROC AUC).
-
-    ``counts`` (B, N) are sample multiplicities (all ones: the AUC of the data themselves). Sorting once and
-    counting, for each positive, the resampled negatives scored below it with cumulative sums makes a
-    resample O(N) instead of the O(N log N) of re-ranking it. NaN where a resample lacks a class.
-    """
-    neg, pos = np.flatnonzero(~positive), np.flatnonzero(positive)
-    order = neg[np.argsort(scores[neg], kind="stable")]
-    lo = np.searchsorted(scores[order], scores[pos], side="left")
-    hi = np.searchsorted(scores[order], scores[pos], side="right")
-    cum = np.zeros((counts.shape[0], order.size + 1))
-    np.cumsum(counts[:, order], axis=1, out=cum[:, 1:])
-    below = cum[:, lo] + 0.5 * (cum[:, hi] - cum[:, lo])  # weighted negatives under each positive, ties 1/2
-    w_pos = counts[:, pos]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (w_pos * below).sum(axis=1) / (w_pos.sum(axis=1) * cum[:, -1])
-
-
-def _bootstrap_ci(p: np.ndarray, y: np.ndarray, auc_classes: list[int], n_bootstrap: int,
-                  seed: int) -> dict[str, list[float] | None]:
-    """Stratified percentile bootstrap. Resampling within each class keeps the test prevalence fixed and every
-    AUC defined in every resample (a plain resample of a small test set can lose a rare class)."""
-    if n_bootstrap == 0:
-        return {"accuracy": None, "auc_macro": None}
-    rng = np.random.default_rng(seed)
-    correct = p.argmax(axis=1) == y
-    acc, auc = np.empty(n_bootstrap), np.full(n_bootstrap, np.nan)
-    chunk = max(1, _BOOT_CELLS // y.size)
-    for start in range(0, n_bootstrap, chunk):
-        counts = _stratified_counts(y, min(chunk, n_bootstrap - start), rng)
-        part = slice(start, start + counts.shape[0])
-        acc[part] = _accuracy_from_counts(correct, counts)
-        if auc_classes:
-            auc[part] = np.mean([_auc_from_counts(p[:, k], y == k, counts) for k in auc_classes], axis=0)
-    acc_ci, auc_ci = ([float(q) for q in np.percentile(v, [2.5, 97.5])] for v in (acc, auc))
-    return {"accuracy": acc_ci, "auc_macro": auc_ci if auc_classes else None}
-
-
 def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[str], *,
                     val_probs: ArrayLike | None = None, val_targets: ArrayLike | None = None,
                     n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -328,7 +271,7 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
         warnings.warn(f"targets: AUC undefined for class {', '.join(why)}; reported as null and left out of "
                       f"auc_macro", UserWarning, stacklevel=2)
     ones = np.ones((1, n), dtype=np.int64)
-    auc = [float(_auc_from_counts(p[:, k], y == k, ones)[0]) if has_auc[k] else None for k in range(c)]
+    auc = [float(auc_from_counts(p[:, k], y == k, ones)[0]) if has_auc[k] else None for k in range(c)]
     auc_classes = ([1] if has_auc[1] else []) if c == 2 else [int(k) for k in np.flatnonzero(has_auc)]
 
     metrics: dict[str, Any] = {
@@ -338,7 +281,7 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
         "macro_f1": float(f1[(tp + fp + fn) > 0].mean()),
         "auc_macro": float(np.mean([auc[k] for k in auc_classes])) if auc_classes else None,
         "ece": reliability_bins(p, y).ece,
-        "ci95": _bootstrap_ci(p, y, auc_classes, int(n_bootstrap), seed),
+        "ci95": bootstrap_ci(p, y, auc_classes, int(n_bootstrap), seed),
         "per_class": {
             names[k]: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                        "specificity": float(specificity[k]), "auc": auc[k],
