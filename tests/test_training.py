@@ -114,3 +114,10 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
     with (resumed.run_dir / "history.csv").open() as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1", "2"]
+
+
+def test_ddp_two_cpu_processes_on_gloo(tmp_path):
+    result = train(out=tmp_path / "ddp", model="hybridnet_xr_50", epochs=1, devices=2, accelerator="cpu", **TINY)
+    assert (result.run_dir / "model.safetensors").is_file()
+    assert result.epochs_run == 1
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0

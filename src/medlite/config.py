@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlite.data.preprocess import PreprocessConfig
 from medlite.errors import MedliteError
@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "hybridnet_xr_100"
-    paradigm: Literal["supervised"] = "supervised"
+    paradigm: Literal["supervised", "simclr", "simclr-pw", "kd", "dg"] = "supervised"
     init: str | None = None
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -66,14 +66,43 @@ class TrainConfig(BaseModel):
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     limit_train_batches: int | None = Field(None, ge=1)
+    # SimCLR pre-training (paradigms simclr, simclr-pw; METHODS.md §7): NT-Xent tau, length of the SimCLR phase.
+    temperature: float = Field(0.5, gt=0.0)
+    pretrain_epochs: int = Field(100, ge=1)
+    # Knowledge distillation (paradigm kd; METHODS.md §3): teacher run directories (averaged), or a zoo model
+    # with a checkpoint that has the run's classes; loss alpha * CE + (1 - alpha) * T^2 * KL.
+    teacher: list[str] = Field(default_factory=list)
+    teacher_model: str | None = None
+    teacher_init: str | None = None
+    kd_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    kd_temperature: float = Field(4.0, gt=0.0)
+    # Domain-gap adaptation (paradigm dg): the unlabelled target source and the CORAL loss weight.
+    target: str | None = None
+    coral_weight: float = Field(1.0, ge=0.0)
 
-    @field_validator("model")
+    @field_validator("model", "teacher_model")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str | None) -> str | None:
         from medlite.models import get_model_cfg
 
-        get_model_cfg(name)  # raises ModelError with close matches
+        if name is not None:
+            get_model_cfg(name)  # raises ModelError with close matches
         return name
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_list(cls, value: object) -> object:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _paradigm_needs(self) -> TrainConfig:
+        if self.paradigm == "kd" and not self.teacher and self.teacher_model is None:
+            raise ValueError("paradigm kd needs --teacher RUNDIR or --teacher-model NAME --teacher-init FILE")
+        if self.teacher_model is not None and self.teacher_init is None:
+            raise ValueError("--teacher-model needs --teacher-init FILE (a checkpoint with the run's classes)")
+        if self.paradigm == "dg" and self.target is None:
+            raise ValueError("paradigm dg needs --target SOURCE (the unlabelled target domain)")
+        return self
 
 
 class RunConfig(BaseModel):

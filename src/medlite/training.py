@@ -9,9 +9,11 @@ manifest and config stored in the run directory.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ class PreparedData:
 
 def prepare_data(cfg: RunConfig, manifest: Path | None = None, progress: bool = True) -> PreparedData:
     """Open, cache and split the data of ``cfg``; with ``manifest`` reproduce a stored split exactly."""
-    from medlite.data.preprocess import build_cache
+    from medlite.data.cache import build_cache
     from medlite.data.sources import open_source
     from medlite.data.splits import SplitManifest, label_fraction, make_splits
 
@@ -83,10 +85,25 @@ def prepare_data(cfg: RunConfig, manifest: Path | None = None, progress: bool = 
     return PreparedData(source, cached, np.asarray(splits), np.asarray(in_fraction, dtype=bool), list(cached.classes))
 
 
+def resolve_init(init: str | Path | None) -> str | None:
+    """An ``--init`` value as a weights file: a file as given; a run directory as its ``encoder.safetensors``
+    (SimCLR runs) or else its ``model.safetensors``."""
+    if init is None:
+        return None
+    path = Path(init)
+    if path.is_dir():
+        for name in ("encoder.safetensors", rundir.WEIGHTS):
+            if (path / name).is_file():
+                return str(path / name)
+        raise MedliteError(f"{path}: a run directory without {rundir.WEIGHTS} or encoder.safetensors (not finished?)")
+    return str(path)
+
+
 def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, overrides: dict[str, Any]) -> RunConfig:
     if resume:
         rundir.require_run_dir(out)
-        if not (out / rundir.LAST_CKPT).is_file():
+        # A simclr-pw run interrupted in its SimCLR phase has its checkpoint in pretrain/.
+        if not (out / rundir.LAST_CKPT).is_file() and not (out / "pretrain" / rundir.LAST_CKPT).is_file():
             raise MedliteError(f"{out}: nothing to resume (no {rundir.LAST_CKPT})")
         return load_config(out / rundir.CONFIG, **overrides)
     if out.exists() and (out / rundir.CONFIG).exists():
@@ -96,6 +113,29 @@ def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, ove
     if config is not None:
         return load_config(config, **overrides)
     return build_config(None, **overrides)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banner lines (accelerator availability, tips) and its advice that does not apply.
+
+    Only Lightning's own loggers and these specific warnings are touched, and only inside the block.
+    """
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        # A run directory already holds config.yaml and splits.csv when Lightning first writes a checkpoint.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # On 2 cores with a memmap the main process is the fastest loader; Lightning suggests workers.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any], progress: bool):
@@ -150,7 +190,7 @@ def train(
     Returns:
         A :class:`TrainResult`; ``result.metrics`` is the test-split ``metrics.json``.
     """
-    from medlite.evaluate.run_eval import finish_run
+    from medlite.evaluate.run_eval import finish_run, read_history
     from medlite.models import create_model
     from medlite.paradigms import get_paradigm
 
@@ -170,29 +210,41 @@ def train(
     rundir.write_json(out / rundir.VERSIONS, rundir.library_versions())
 
     num_classes = len(data.classes)
-    model = create_model(t.model, num_classes=num_classes, in_chans=cfg.preprocess.channels, init=t.init)
+    init = resolve_init(t.init)
+    if t.paradigm == "simclr-pw":
+        # Phase 1: SimCLR on the training images as the complete run directory out/pretrain; phase 2 (the rest of
+        # this function) fine-tunes from its encoder.
+        from medlite.paradigms.simclr import PRETRAIN_DIR, pretrain_encoder
+
+        init = str(pretrain_encoder(cfg, out / PRETRAIN_DIR, callbacks=callbacks, progress=progress))
+    model = create_model(t.model, num_classes=num_classes, in_chans=cfg.preprocess.channels, init=init)
     if getattr(model, "init_report", None) is not None:
-        warnings.warn(f"init {t.init}: {model.init_report.summary()}", stacklevel=2)
+        warnings.warn(f"init {init}: {model.init_report.summary()}", stacklevel=2)
     train_idx = data.indices("train")
     weights = class_weights(data.cached.labels[train_idx], num_classes) if t.balance == "loss" else None
     from medlite.data.augment import XrayAugmentConfig
 
     augment = {"none": None, "supervised": XrayAugmentConfig.supervised(), "simclr": XrayAugmentConfig.simclr()}
-    task = get_paradigm(t.paradigm)(
-        model, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr, weight_decay=t.weight_decay,
+    task = get_paradigm(t.paradigm).from_config(
+        model, cfg=cfg, data=data, out=out, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr, weight_decay=t.weight_decay,
         optimizer=t.optimizer, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
         class_weights=None if weights is None else torch.from_numpy(weights), augment=augment[t.augment],
         seed=t.seed,
     )
-    split_indices = {s: data.indices(s) for s in ("train", "val", "test")}
+    split_indices = {s: data.indices(s, labelled_only=task.uses_labels) for s in ("train", "val", "test")}
     datamodule = XrayDataModule(data.cached.images, data.cached.labels, split_indices, batch_size=t.batch_size,
-                                seed=t.seed, balanced_sampler=t.balance == "sampler", num_workers=t.num_workers)
+                                seed=t.seed, balanced_sampler=t.balance == "sampler" and task.uses_labels,
+                                num_workers=t.num_workers)
     has_val = len(split_indices["val"]) > 0
-    trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress)
-    with warnings.catch_warnings():
-        # Lightning suggests DataLoader workers; on 2 cores with a memmap the main process is fastest.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(out / rundir.LAST_CKPT) if resume else None)
+    if resume:
+        # Lightning's CSVLogger starts metrics.csv afresh; keep the epochs logged before the interruption.
+        logs = out / "logs" / "metrics.csv"
+        if logs.is_file():
+            logs.rename(logs.with_name(f"metrics.before-resume-{len(list(logs.parent.glob('metrics*.csv')))}.csv"))
+    ckpt_path = out / rundir.LAST_CKPT if resume and (out / rundir.LAST_CKPT).is_file() else None
+    with quiet_lightning():
+        trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"training interrupted; continue with: medlite train --out {out} --resume")
 
@@ -200,8 +252,11 @@ def train(
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     model.to(memory_format=torch.contiguous_format)
+    task.finalize(data, out)  # e.g. SimCLR's encoder + linear probe, DG's AdaBN
     metrics = finish_run(out, cfg, model, data, history_dir=out / "logs")
-    best_score = checkpoint.best_model_score
-    return TrainResult(run_dir=out, metrics=metrics, epochs_run=trainer.current_epoch,
-                       wall_time_s=time.perf_counter() - started,
-                       best_val_auc=float(best_score) if best_score is not None else None)
+    # Read back from history.csv rather than the trainer: with spawned DDP workers the trainer in this
+    # process never sees the epochs run or the best score.
+    history = read_history(out)
+    val_aucs = [float(r["val_auc"]) for r in history if r.get("val_auc")]
+    return TrainResult(run_dir=out, metrics=metrics, epochs_run=len(history),
+                       wall_time_s=time.perf_counter() - started, best_val_auc=max(val_aucs, default=None))

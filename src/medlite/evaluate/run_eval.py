@@ -57,13 +57,20 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[str,
 
 
 def write_history(log_dir: Path, out: Path) -> list[dict[str, str]]:
-    """Collapse Lightning's step-level ``metrics.csv`` into one row per epoch in ``history.csv``."""
-    source = log_dir / "metrics.csv"
-    if not source.is_file():
+    """Collapse Lightning's step-level ``metrics*.csv`` into one row per epoch in ``history.csv``.
+
+    A resumed run has one file per session (``metrics.before-resume-K.csv`` then ``metrics.csv``); later files
+    win for an epoch logged twice.
+    """
+    sources = sorted(log_dir.glob("metrics.before-resume-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    sources += [log_dir / "metrics.csv"] if (log_dir / "metrics.csv").is_file() else []
+    if not sources:
         return []
     by_epoch: dict[int, dict[str, str]] = {}
-    with source.open() as handle:
-        for row in csv.DictReader(handle):
+    for source in sources:
+        with source.open() as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
             if not row.get("epoch"):
                 continue
             merged = by_epoch.setdefault(int(row["epoch"]), {"epoch": row["epoch"]})
@@ -77,6 +84,15 @@ def write_history(log_dir: Path, out: Path) -> list[dict[str, str]]:
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def read_history(run_dir: Path) -> list[dict[str, str]]:
+    """Rows of ``history.csv`` (one per epoch), or ``[]`` when the run has none."""
+    path = Path(run_dir) / rundir.HISTORY
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
 
 
 def _score(model: nn.Module, data: Any, split: str, in_chans: int) -> tuple[np.ndarray, np.ndarray]:

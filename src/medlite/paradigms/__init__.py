@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from medlite.errors import MedliteError
 from medlite.paradigms.base import ClassifierTask
+from medlite.paradigms.domain_gap import DomainGapTask
+from medlite.paradigms.kd import KDTask
+from medlite.paradigms.simclr import SimCLRTask
 from medlite.paradigms.supervised import SupervisedTask
 
-PARADIGMS: dict[str, type[ClassifierTask]] = {"supervised": SupervisedTask}
+# "simclr-pw" is SimCLR pre-training (run by medlite.training before the fit) followed by supervised fine-tuning.
+PARADIGMS: dict[str, type[ClassifierTask]] = {
+    "supervised": SupervisedTask,
+    "simclr": SimCLRTask,
+    "simclr-pw": SupervisedTask,
+    "kd": KDTask,
+    "dg": DomainGapTask,
+}
 
 
 def get_paradigm(name: str) -> type[ClassifierTask]:
@@ -16,4 +26,4 @@ def get_paradigm(name: str) -> type[ClassifierTask]:
     return PARADIGMS[name]
 
 
-__all__ = ["PARADIGMS", "ClassifierTask", "SupervisedTask", "get_paradigm"]
+__all__ = ["PARADIGMS", "ClassifierTask", "DomainGapTask", "KDTask", "SimCLRTask", "SupervisedTask", "get_paradigm"]

@@ -9,6 +9,8 @@ here once.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -38,9 +40,16 @@ class ClassifierTask(pl.LightningModule):
         class_weights: float (C,) loss weights, or ``None`` for an unweighted loss.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         augment: batched X-ray-safe augmentation settings, or ``None`` for none.
-        seed: run seed; each epoch reseeds torch from (seed, epoch, rank) so a resumed run repeats exactly.
+        seed: run seed; each step reseeds torch from (seed, epoch, batch, rank) so a resumed run repeats exactly.
         channels_last: use the channels-last memory format (1.3-1.5x faster convolutions on CPU).
+
+    Extension points for paradigms: :meth:`training_loss` (or ``training_step``), :meth:`from_config` (build
+    the task from a run config when it needs more than the common settings: teachers, target images ...),
+    :meth:`finalize` (a closing step on the best weights), and :attr:`uses_labels`.
     """
+
+    #: ``False`` for self-supervised paradigms: they train on every training image, labelled or not.
+    uses_labels: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -76,6 +85,15 @@ class ClassifierTask(pl.LightningModule):
         self._val_probs: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
 
+    @classmethod
+    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> ClassifierTask:
+        """Build the task of a run: ``cfg`` is the :class:`~medlite.config.RunConfig`, ``data`` the
+        :class:`~medlite.training.PreparedData`, ``out`` the run directory, ``kwargs`` the common settings."""
+        return cls(model, **kwargs)
+
+    def finalize(self, data: Any, out: Path) -> None:
+        """Called on the best weights (in ``self.model``) before the run is evaluated; nothing by default."""
+
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare_inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 (B, 1, S, S) -> float (B, in_chans, S, S), augmented when ``train``, normalised."""
@@ -95,11 +113,6 @@ class ClassifierTask(pl.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def on_train_epoch_start(self) -> None:
-        # Dropout and augmentation draw from torch's global RNG; seeding it per epoch makes epoch k identical
-        # whether or not the run was interrupted before it.
-        torch.manual_seed(derive_seed(self.seed, self.current_epoch, self.global_rank))
-
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class-weighted, label-smoothed cross-entropy; logits (B, C), targets int64 (B,)."""
         return F.cross_entropy(logits.float(), targets, weight=self.class_weights,
@@ -110,6 +123,10 @@ class ClassifierTask(pl.LightningModule):
         return self.cross_entropy(self.model(x), targets)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # Dropout and augmentation draw from torch's global RNG. Seeding it per (epoch, batch) makes every step
+        # identical whether or not the run was interrupted and resumed; Lightning consumes global random
+        # numbers at different moments in the two cases (e.g. when it creates the DataLoader iterator).
+        torch.manual_seed(derive_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
         images, targets = batch
         loss = self.training_loss(self.prepare_inputs(images, train=True), targets)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets))
@@ -141,8 +158,9 @@ class ClassifierTask(pl.LightningModule):
     # -- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):  # noqa: ANN201 (Lightning's return type is a union of many shapes)
         # No weight decay on norms and biases (1-D tensors), as in timm's param groups.
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim <= 1]
+        # self.parameters(): the model plus any trainable head a paradigm adds (e.g. SimCLR's projection).
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if self.optimizer_name == "sgd":
             optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)

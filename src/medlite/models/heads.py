@@ -1,0 +1,60 @@
+"""Heads that sit on a zoo model's pooled features, and the two calls every paradigm uses to reach them.
+
+Paradigms touch only the uniform model interface (STYLE A.8 #3): ``forward_features`` -> (B, C, h, w) map,
+``forward_head(map, pre_logits=True)`` -> (B, ``num_features``) vector, ``forward_head(map)`` -> logits.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from medlite.errors import ModelError
+
+
+def pooled_features(model: nn.Module, x: Tensor) -> Tensor:
+    """The representation ``h = f(x)`` of a paradigm: (B, in_chans, H, W) -> (B, ``model.num_features``).
+
+    It is the input of the model's final classifier (after pooling, and after any feature-mix layer such as
+    MobileNetV3's 1x1 conv or VGG's FC blocks), so SimCLR, CORAL and a linear probe see what the classifier
+    sees.
+    """
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(pooled_features(model, x), model(x))`` from one backbone pass: (B, num_features), (B, C)."""
+    feature_map = model.forward_features(x)
+    return model.forward_head(feature_map, pre_logits=True), model.forward_head(feature_map)
+
+
+class SimCLRProjectionHead(nn.Module):
+    """SimCLR's projection MLP ``g``: Linear(d, hidden) -> ReLU -> Linear(hidden, out) (Chen et al. 2020).
+
+    The contrastive loss is applied to ``z = g(h)``; downstream tasks use ``h`` (the head is discarded after
+    pre-training). METHODS.md §7: hidden = encoder width, out = 128.
+
+    Args:
+        in_features: width d of ``h`` (``model.num_features``).
+        hidden_features: hidden width; ``None`` means ``in_features``.
+        out_features: projection width (128).
+
+    Shape:
+        (B, in_features) -> (B, out_features).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int = 128) -> None:
+        super().__init__()
+        hidden = in_features if hidden_features is None else hidden_features
+        for name, value in (
+            ("in_features", in_features),
+            ("hidden_features", hidden),
+            ("out_features", out_features),
+        ):
+            if value < 1:
+                raise ModelError(f"projection head {name} must be >= 1, got {value}")
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features)
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.layers(h)

@@ -1,0 +1,318 @@
+"""SimCLR self-supervised pre-training ("pre-warming", HybridNet-XR -PW) and its evaluation.
+
+Chen et al., ICML 2020 (arXiv 2002.05709) adapted to radiographs as METHODS.md §7 describes: two X-ray-safe
+views per image (:class:`~medlite.data.augment.SimCLRViews`: crop, small rotation, flip, brightness/contrast/
+gamma, mild blur and noise; no hue/saturation/grayscale), the encoder's pooled features ``h``, a 2-layer
+projection head to 128-d, NT-Xent with tau 0.5. Labels are ignored: every image of the training split is used,
+labelled or not.
+
+Monitoring: every validation epoch a weighted k-nearest-neighbour classifier (cosine similarity, k = 20, as in
+Wu et al. 2018 / lightly's ``knn_predict``) labels the validation images from the labelled training images;
+its accuracy (``val_knn_acc``) and macro AUC (``val_auc``, which checkpointing and early stopping follow) are
+logged. After training the encoder is saved (``encoder.safetensors``, the classifier left out) and a linear
+probe (logistic regression on frozen ``h`` of the labelled training images) becomes the classifier, so the run
+directory holds a usable model whose test metrics measure the representation.
+
+``simclr-pw`` chains this phase (``RUNDIR/pretrain``, ``pretrain_epochs``) with supervised fine-tuning from
+the encoder (``RUNDIR``, ``epochs``): :func:`pretrain_encoder`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+
+from medlite.data.augment import SimCLRViews, XrayAugmentConfig
+from medlite.errors import MedliteError, ModelError
+from medlite.losses.contrastive import NTXentLoss
+from medlite.models.heads import SimCLRProjectionHead, pooled_features
+from medlite.paradigms.base import ClassifierTask, normalise_batch
+from medlite.utils import rundir
+
+#: File name of the pre-trained encoder in a SimCLR run directory (the model without its classifier).
+ENCODER = "encoder.safetensors"
+#: Sub-directory of a ``simclr-pw`` run that holds the SimCLR phase as a complete run directory.
+PRETRAIN_DIR = "pretrain"
+
+
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    query: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """Weighted kNN class probabilities (Wu et al., CVPR 2018; the usual SSL monitor).
+
+    Args:
+        bank: (M, D) features of labelled reference images.
+        bank_labels: int64 (M,) their classes in [0, num_classes).
+        query: (N, D) features to classify.
+        num_classes: C.
+        k: neighbours (capped at M).
+        temperature: the vote of a neighbour with cosine similarity s is ``exp(s / temperature)``.
+
+    Returns:
+        float32 (N, C) probabilities: each class's share of the k neighbours' vote mass.
+    """
+    bank = torch.nn.functional.normalize(bank.float(), dim=1)
+    query = torch.nn.functional.normalize(query.float(), dim=1)
+    sims, idx = (query @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+    votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+    votes.scatter_add_(1, bank_labels.to(query.device)[idx], (sims / temperature).exp())
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: np.ndarray,
+    indices: np.ndarray,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Pooled features of ``images[indices]`` (uint8 (N, S, S) array or memmap) -> float32 (len(indices), D).
+
+    ``prepare`` maps a uint8 (B, 1, S, S) tensor to the model's input (normalisation, channels); the model's
+    mode is left as it is (call it in eval mode).
+    """
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = np.sort(indices[start : start + batch_size])  # sorted reads are sequential on a memmap
+        order = np.argsort(np.argsort(indices[start : start + batch_size]))
+        batch = torch.from_numpy(np.ascontiguousarray(images[chunk]))[:, None].to(device)
+        out.append(pooled_features(model, prepare(batch)).float()[torch.from_numpy(order).to(device)])
+    width = int(getattr(model, "num_features", 0))
+    return torch.cat(out) if out else torch.zeros(0, width, device=device)
+
+
+class SimCLRTask(ClassifierTask):
+    """SimCLR pre-training of a zoo model's encoder with a kNN validation monitor.
+
+    Args:
+        model: the zoo model; its classifier is untouched during pre-training.
+        temperature: NT-Xent tau (0.5 for batches up to 512, METHODS.md §7).
+        projection_dim: output width of the projection head (128); its hidden width is ``model.num_features``.
+        knn_images: uint8 (N, S, S) array holding the kNN reference images (usually the preprocessing cache).
+        knn_indices: int (M,) indices of labelled training images in ``knn_images`` used as the kNN bank.
+        knn_labels: int64 (M,) their classes.
+        knn_k: neighbours of the kNN monitor.
+        views: augmentation of each view; ``None`` is :meth:`XrayAugmentConfig.simclr`.
+        **kwargs: :class:`ClassifierTask` settings (lr, optimiser, warm-up, seed ...); ``augment`` is ignored.
+    """
+
+    uses_labels = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        temperature: float = 0.5,
+        projection_dim: int = 128,
+        knn_images: np.ndarray | None = None,
+        knn_indices: np.ndarray | None = None,
+        knn_labels: np.ndarray | None = None,
+        knn_k: int = 20,
+        views: XrayAugmentConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["augment"] = None  # the two views replace the supervised augmentation
+        super().__init__(model, **kwargs)
+        self.views = SimCLRViews(views)
+        self.projection = SimCLRProjectionHead(model.num_features, model.num_features, projection_dim)
+        self.criterion = NTXentLoss(temperature)
+        self.knn_images = knn_images
+        self.knn_indices = np.zeros(0, np.int64) if knn_indices is None else np.asarray(knn_indices, np.int64)
+        self.knn_labels = np.zeros(0, np.int64) if knn_labels is None else np.asarray(knn_labels, np.int64)
+        self.knn_k = knn_k
+        self._val_features: list[torch.Tensor] = []
+
+    @classmethod
+    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> SimCLRTask:
+        """The kNN bank is at most 2,048 labelled training images (a fixed random subset), which bounds the
+        cost of the per-epoch monitor to one forward pass over them."""
+        labelled = data.indices("train")
+        if len(labelled) > 2048:
+            labelled = np.sort(np.random.default_rng(cfg.train.seed).choice(labelled, 2048, replace=False))
+        return cls(
+            model,
+            temperature=cfg.train.temperature,
+            knn_images=data.cached.images,
+            knn_indices=labelled,
+            knn_labels=data.cached.labels[labelled],
+            **kwargs,
+        )
+
+    def prepare_inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 (B, 1, S, S) -> normalised float; with ``train`` both views stacked: (2B, in_chans, S, S)."""
+        if not train:
+            return super().prepare_inputs(images, train=False)
+        v1, v2 = self.views(images.float().div_(255.0))
+        # One pass over both views (2B images) uses the CPU better than two passes of B.
+        x = normalise_batch(torch.cat([v1, v2]), self.mean, self.std, self.in_chans)
+        return (
+            x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last and x.device.type == "cpu"
+            else x
+        )
+
+    def training_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """NT-Xent between the projections of the two views in ``x`` (2B images); ``targets`` are ignored."""
+        z1, z2 = self.projection(pooled_features(self.model, x)).chunk(2)
+        return self.criterion(z1, z2)
+
+    # -- kNN monitor ----------------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        self._val_features.append(
+            pooled_features(self.model, self.prepare_inputs(images, train=False)).float()
+        )
+        self._val_targets.append(targets)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_features or len(self.knn_indices) == 0 or self.knn_images is None:
+            self._val_features.clear()
+            self._val_targets.clear()
+            return
+        features = torch.cat(self._val_features)
+        targets = torch.cat(self._val_targets)
+        self._val_features.clear()
+        self._val_targets.clear()
+        with torch.no_grad():
+            bank = embed_images(
+                self.model,
+                self.knn_images,
+                self.knn_indices,
+                lambda b: self.prepare_inputs(b, train=False),
+                device=self.device,
+            )
+            probs = knn_predict(
+                bank, torch.from_numpy(self.knn_labels), features, self.num_classes, self.knn_k
+            )
+        probs = self.all_gather(probs).reshape(-1, self.num_classes)
+        targets = self.all_gather(targets).reshape(-1)
+        present = torch.unique(targets)
+        auc = multiclass_auroc(probs, targets, num_classes=self.num_classes, average=None)[present].mean()
+        self.log(
+            "val_knn_acc",
+            multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro"),
+            prog_bar=True,
+        )
+        self.log("val_auc", auc, prog_bar=True)  # kNN macro AUC: what checkpointing and early stopping follow
+
+    # -- after training -------------------------------------------------------------------------------
+    def finalize(self, data: Any, out: Path) -> None:
+        """Save the encoder, then fit a linear probe on the labelled training images as the classifier."""
+        model = self.model.eval()
+        save_encoder(model, out / ENCODER)
+        labelled = data.indices("train")
+        device = next(model.parameters()).device
+        features = embed_images(
+            model, data.cached.images, labelled, lambda b: self.prepare_inputs(b, train=False), device=device
+        ).cpu()
+        balanced = bool((self.class_weights != 1).any())  # the run balances its loss (--balance loss)
+        linear_probe(
+            model, features.numpy(), data.cached.labels[labelled], self.num_classes, balanced=balanced
+        )
+
+
+def save_encoder(model: nn.Module, path: Path) -> Path:
+    """Write the model's weights without its classifier (``model.cfg.classifier``) to ``path`` (.safetensors).
+
+    ``create_model(name, init=path)`` then loads everything but the head, which keeps a fresh initialisation
+    for any number of classes. The file is written atomically (temporary file + rename).
+    """
+    from safetensors.torch import save
+
+    head = f"{model.cfg.classifier}." if model.cfg.classifier else None
+    tensors = {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in model.state_dict().items()
+        if head is None or not k.startswith(head)
+    }
+    metadata = {"format": "pt", "medlite_model": model.cfg.name, "medlite_part": "encoder"}
+    with rundir.atomic_write(path, "wb") as handle:
+        handle.write(save(tensors, metadata=metadata))
+    return path
+
+
+def set_classifier(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Copy a (C, D) weight and (C,) bias into the model's final linear layer (or 1x1 conv) in place."""
+    head = model.get_classifier()
+    if not isinstance(head, (nn.Linear, nn.Conv2d)) or head.weight.numel() != weight.numel():
+        raise ModelError(f"{model.cfg.name}: cannot set a {tuple(weight.shape)} linear classifier on {head}")
+    with torch.no_grad():
+        head.weight.copy_(weight.reshape(head.weight.shape))
+        if head.bias is not None:
+            head.bias.copy_(bias)
+
+
+def linear_probe(
+    model: nn.Module, features: np.ndarray, labels: np.ndarray, num_classes: int, balanced: bool = False
+) -> float:
+    """Fit multinomial logistic regression on frozen features and install it as the model's classifier.
+
+    Args:
+        model: a zoo model whose classifier maps ``num_features`` -> ``num_classes``.
+        features: float (N, D) pooled features (:func:`embed_images`).
+        labels: int (N,) classes; at least two classes must be present.
+        num_classes: C; classes absent from ``labels`` get a logit far below the others.
+        balanced: weight classes inversely to their frequency.
+
+    Returns:
+        Training accuracy of the probe.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise MedliteError("linear probe: the labelled training images hold fewer than 2 classes")
+    scaler = StandardScaler().fit(features)
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None)
+    clf.fit(scaler.transform(features), labels)
+    coef = clf.coef_ if len(present) > 2 else np.vstack([np.zeros_like(clf.coef_), clf.coef_])
+    intercept = clf.intercept_ if len(present) > 2 else np.concatenate([[0.0], clf.intercept_])
+    # Fold the standardisation into the layer: w . (x - mu) / s + b = (w / s) . x + (b - w . mu / s).
+    scaled = coef / scaler.scale_
+    weight = np.zeros((num_classes, features.shape[1]))
+    bias = np.full(num_classes, -1e4)
+    weight[present] = scaled
+    bias[present] = intercept - scaled @ scaler.mean_
+    set_classifier(model, torch.from_numpy(weight).float(), torch.from_numpy(bias).float())
+    return float(clf.score(scaler.transform(features), labels))
+
+
+def pretrain_encoder(cfg: Any, out: Path, *, callbacks: Sequence[Any] = (), progress: bool = True) -> Path:
+    """Run (or resume, or reuse) the SimCLR phase of a ``simclr-pw`` run in ``out``; return its encoder file.
+
+    The phase is a complete run directory with ``paradigm: simclr`` and ``epochs = pretrain_epochs`` and the
+    same data settings and seed, hence the same split. A finished phase is reused, an interrupted one resumed
+    from its ``last.ckpt``; one that never reached a checkpoint is started again.
+    """
+    from medlite.training import train
+
+    encoder = out / ENCODER
+    if encoder.is_file() and (out / rundir.WEIGHTS).is_file():
+        return encoder
+    resume = (out / rundir.LAST_CKPT).is_file()
+    if not resume and out.exists():
+        shutil.rmtree(out)  # nothing in it survives a restart: no checkpoint was ever written
+    phase = cfg.train.model_copy(update={"paradigm": "simclr", "epochs": cfg.train.pretrain_epochs})
+    train(
+        cfg.model_copy(update={"train": phase}),
+        out=out,
+        resume=resume,
+        callbacks=callbacks,
+        progress=progress,
+    )
+    return encoder
