@@ -1,0 +1,106 @@
+"""Fixtures for the deploy tests: cheap hand-built run directories on synthetic phantoms.
+
+A run directory is assembled the way ``medlite.training.train`` writes one (config, split manifest, weights,
+``run.json``, optionally ``metrics.json`` with a tuned threshold) but with a random-init model, so no training
+is needed. The phantom caches live in the suite-wide ``MEDLITE_CACHE`` (tests/conftest.py), so each is built
+once per image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medlite.config import build_config
+from medlite.data.splits import SplitManifest
+from medlite.deploy.predict import normalise
+from medlite.evaluate.run_eval import save_run_info
+from medlite.models import create_model
+from medlite.models.adapt import save_weights
+from medlite.training import prepare_data
+from medlite.utils import rundir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Tiny batches gain nothing from intra-op threads; on shared cores extra threads only contend.
+    # Module scope, so the setting never leaks into other test folders.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """Set BatchNorm statistics from ``x``: a random-init net in eval mode otherwise gives ~1e-10 logits."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batch
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+def _decisive_head(model: nn.Module, seed: int, scale: float) -> None:
+    """Redraw the classifier as N(0, scale^2 / fan_in): O(1) logits, so parity sees distinct probabilities."""
+    head = model.get_classifier()
+    fan_in = math.prod(head.weight.shape[1:])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * (scale / math.sqrt(fan_in)))
+
+
+@pytest.fixture(scope="session")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_run(model, size=64, classes="pediatric3", threshold=None, **preprocess) -> run directory``.
+
+    ``threshold`` writes a ``metrics.json`` with that validation-tuned operating point (binary runs);
+    ``head_scale`` sets the spread of the random logits.
+    """
+
+    def _make(model: str = "hybridnet_xr_50", size: int = 64, classes: str = "pediatric3",
+              threshold: float | None = None, per_class: int = 4, head_scale: float = 3.0,
+              **preprocess: Any) -> Path:
+        root = tmp_path_factory.mktemp(f"run-{model}")
+        cfg = build_config(None, source=f"synthetic:{classes}", synthetic_per_class=per_class,
+                           synthetic_size=max(64, size), size=size, model=model, val_frac=0.25, test_frac=0.0,
+                           **preprocess)
+        data = prepare_data(cfg, progress=False)
+        rundir.write_text(root / rundir.CONFIG, cfg.to_yaml())
+        SplitManifest.from_source(data.source, data.splits, fraction_indices=np.flatnonzero(data.in_fraction),
+                                  record_indices=data.cached.record_indices).save(root / rundir.SPLITS)
+        torch.manual_seed(0)
+        net = create_model(model, num_classes=len(data.classes), in_chans=cfg.preprocess.channels)
+        contract = {"input_size": size, "in_chans": cfg.preprocess.channels, "mean": net.cfg.mean,
+                    "std": net.cfg.std}
+        train_images = normalise(data.cached.images[data.indices("train")], contract)
+        _calibrate_batchnorm(net, torch.from_numpy(train_images))
+        _decisive_head(net, seed=1, scale=head_scale)
+        save_weights(net, root / rundir.WEIGHTS)
+        save_run_info(root, cfg, net, data.classes)
+        if threshold is not None:
+            rundir.write_json(root / rundir.METRICS,
+                              {"thresholds": {"youden": {"threshold": threshold, "chosen_on": "val"}}})
+        return root
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def binary_export(make_run: Callable[..., Path]) -> tuple[Path, dict[str, Any]]:
+    """A binary run (tuned threshold 0.4, CLAHE + median filter) exported to fp32 and int8 ONNX, once."""
+    from medlite.deploy import export_run
+
+    # A unit-scale head: a large one amplifies the int8 rounding of a random net (trained nets are smoother).
+    run = make_run("hybridnet_xr_50", size=48, classes="binary", threshold=0.4, per_class=8, head_scale=1.0,
+                   equalize="clahe", median_ksize=3)
+    return run, export_run(run, int8=True)
