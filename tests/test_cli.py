@@ -143,3 +143,31 @@ def test_resume_without_a_run_is_an_error(tmp_path):
 
 def test_evaluate_a_folder_that_is_not_a_run(tmp_path):
     assert_one_line_error(invoke("evaluate", tmp_path), "not a medlite run directory")
+
+
+def test_export_predict_and_explain(trained, phantoms, tmp_path):
+    result = invoke("export", trained, "--out", tmp_path / "export")
+    assert result.exit_code == 0, result.output
+    onnx_file = tmp_path / "export" / "model.onnx"
+    assert onnx_file.is_file() and (tmp_path / "export" / "parity.json").is_file()
+    images = phantoms / "viral"
+    result = invoke("predict", onnx_file, images, "--out", tmp_path / "pred.csv")
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert len(lines) == 7 and "prob_viral" in lines[0]
+    result = invoke("predict", trained, images / "viral_0000.png", "--out", tmp_path / "pred.json", "--cam",
+                    tmp_path / "cams")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "pred.json").read_text())["predictions"][0]["status"] == "ok"
+    assert list((tmp_path / "cams").rglob("*.png"))
+    result = invoke("explain", trained, images / "viral_0001.png", "gradcam", "scorecam", "--out", tmp_path / "maps")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "maps").rglob("*.npy"))) == 2
+    result = invoke("explain", trained, "--evaluate", "--n", "4", "--method", "gradcam", "--out", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "explain_metrics.json").read_text())
+    assert "gradcam" in json.dumps(metrics)
+
+
+def test_explain_without_a_run_is_an_error(tmp_path):
+    assert_one_line_error(invoke("explain", tmp_path / "x.png", "gradcam"), "at least one run directory")

@@ -6,7 +6,7 @@ The public Python API mirrors the command line::
     medlite.list_models("mobilenet*")
     model = medlite.create_model("hybridnet_xr_100", num_classes=3, in_chans=1)
     result = medlite.train(out="runs/hxr", source="synthetic", model="hybridnet_xr_100", epochs=5, img_size=64)
-    medlite.evaluate("runs/hxr")
+    medlite.evaluate_run("runs/hxr")     # (medlite.evaluate is the subpackage of metrics, profile, report)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _LAZY = {
     "list_models": "medlite.models",
     "get_model_cfg": "medlite.models",
     "train": "medlite.api",
-    "evaluate": "medlite.api",
+    "evaluate_run": "medlite.api",
     "profile": "medlite.api",
     "inspect": "medlite.api",
     "synthesize": "medlite.api",

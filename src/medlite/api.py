@@ -66,10 +66,24 @@ def train(config: Any = None, *, out: str | Path, source: str | None = None, img
 
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test",
              out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a finished run (``metrics.json``); ``data`` evaluates it on another source with the same classes."""
+    """Evaluate a finished run (``metrics.json``); ``data`` evaluates it on another source with the same classes.
+
+    For a ``dg`` run evaluated on another source, ``metrics["adaptation"]`` compares the adapted model with the
+    same weights before AdaBN (see :func:`medlite.paradigms.domain_gap.adaptation_effect`).
+    """
     if split not in ("train", "val", "test"):
         raise MedliteError(f"--split must be train, val or test, got {split!r}")
-    return evaluate_run(run_dir, data=data, split=split, out=out)
+    metrics = evaluate_run(run_dir, data=data, split=split, out=out)
+    if data is not None:
+        from medlite.paradigms.domain_gap import adaptation_effect
+
+        effect = adaptation_effect(run_dir, data, metrics, split=split)
+        if effect is not None:
+            metrics["adaptation"] = effect
+    return metrics
+
+
+evaluate_run = evaluate  # top-level name: ``medlite.evaluate`` is the subpackage of metrics, profile and report
 
 
 def profile(target: str | Path, *, img_size: int | None = None, batch_size: int = 32,
@@ -99,7 +113,7 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[s
     return compare_runs(run_dirs, out)
 
 
-def demo(out: str | Path = "demo_out", *, per_class: int = 60, img_size: int = 64, epochs: int = 8,
+def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 64, epochs: int = 12,
          models: tuple[str, ...] = ("hybridnet_xr_100", "mobilenet_v2"), progress: bool = True) -> dict[str, Any]:
     """The whole pipeline on built-in phantoms: synthesize, train, evaluate, profile, compare.
 
@@ -120,3 +134,70 @@ def demo(out: str | Path = "demo_out", *, per_class: int = 60, img_size: int = 6
         profile(run, batch_size=32)
         run_dirs.append(run)
     return compare(run_dirs, out / "report.html")
+
+
+def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | None = None, batch_size: int = 16,
+            threads: int | None = None, cam: str | Path | None = None) -> list[dict[str, Any]]:
+    """Per-file class probabilities from a run directory or an ``.onnx`` (see :func:`medlite.deploy.predict`).
+
+    With ``cam`` (run directories only) Grad-CAM overlays of the predicted class are written there too.
+    """
+    from medlite.deploy import predict as _predict
+
+    if cam is not None and not Path(model).is_dir():
+        raise MedliteError(f"--cam needs a run directory, not {model} (an ONNX file has no gradients)")
+    rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads)
+    if cam is not None:
+        files = [r["file"] for r in rows if r["status"] == "ok"]
+        if files:
+            explain([model], files, methods=["gradcam"], out=cam)
+    return rows
+
+
+def split_explain_arguments(paths: list[str], methods: list[str] | None) -> tuple[list[Path], list[Path], list[str]]:
+    """Sort ``medlite explain``'s positional words into run directories, image paths and method names."""
+    from medlite.explain import METHODS
+
+    runs: list[Path] = []
+    images: list[Path] = []
+    chosen = list(methods or [])
+    for word in paths:
+        path = Path(word)
+        if word in METHODS and not path.exists():
+            chosen.append(word)
+        elif path.is_dir() and (path / rundir.CONFIG).is_file():
+            runs.append(path)
+        else:
+            images.append(path)
+    if not runs:
+        raise MedliteError("explain needs at least one run directory (a folder with config.yaml)")
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise MedliteError(f"unknown explanation method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    return runs, images, chosen
+
+
+def explain(run_dirs: list[str | Path], images: list[str | Path], **kwargs: Any) -> list[dict[str, Any]]:
+    """Saliency overlays, raw maps and comparison grids; see :func:`medlite.explain.explain_images`."""
+    from medlite.explain import explain_images
+
+    if not images:
+        raise MedliteError("explain needs image files or folders after the run directories (or --evaluate)")
+    return explain_images(run_dirs, images, **kwargs)
+
+
+def evaluate_explanations(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Deletion/insertion AUC, ROAD and mask scores -> ``explain_metrics.json``; see
+    :func:`medlite.explain.evaluate_explanations`."""
+    from medlite.explain import evaluate_explanations as _evaluate
+
+    if kwargs.get("methods") is None:
+        kwargs.pop("methods", None)
+    return _evaluate(run_dir, **kwargs)
+
+
+def export(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """ONNX export with parity report (and int8); see :func:`medlite.deploy.export_run`."""
+    from medlite.deploy import export_run
+
+    return export_run(run_dir, **kwargs)

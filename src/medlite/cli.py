@@ -9,7 +9,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,8 +28,9 @@ err_console = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-Source = Annotated[str, typer.Argument(help="folder, CSV manifest, MedMNIST .npz, or 'synthetic[:chestx6|pediatric3|binary]'")]
-GroupOpt = Annotated[Optional[str], typer.Option("--group-from-filename", help="derive patient ids from file "
+Source = Annotated[str, typer.Argument(
+    help="folder, CSV manifest, MedMNIST .npz, or 'synthetic[:chestx6|pediatric3|binary]'")]
+GroupOpt = Annotated[str | None, typer.Option("--group-from-filename", help="derive patient ids from file "
                      "names: 'auto' (personNNN_..., IM-NNNN-...) or a regex whose first group is the id")]
 
 
@@ -103,29 +104,40 @@ def data_inspect(
 @app.command()
 @friendly_errors
 def train(
-    data: Annotated[Optional[str], typer.Option(help="data source (folder, CSV, .npz, synthetic)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="a name from `medlite models`")] = None,
+    data: Annotated[str | None, typer.Option(help="data source (folder, CSV, .npz, synthetic)")] = None,
+    model: Annotated[str | None, typer.Option(help="a name from `medlite models`")] = None,
     out: Annotated[Path, typer.Option(help="run directory to create (or resume)")] = Path("runs/run"),
-    paradigm: Annotated[Optional[str], typer.Option(help="training paradigm")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="square input side in pixels")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adamw or sgd")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    fraction: Annotated[Optional[float], typer.Option(help="labelled share of the training split (0, 1]")] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help="validation share when the source has no val split")] = None,
-    test_frac: Annotated[Optional[float], typer.Option(help="test share when the source has no test split")] = None,
-    balance: Annotated[Optional[str], typer.Option(help="none, loss (class weights) or sampler")] = None,
-    augment: Annotated[Optional[str], typer.Option(help="none, supervised or simclr augmentation")] = None,
-    init: Annotated[Optional[str], typer.Option(help="checkpoint to initialise from (.safetensors/.pth)")] = None,
-    equalize: Annotated[Optional[str], typer.Option(help="none, hist or clahe")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1 (default) or 3 input channels")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="processes/GPUs (DDP when > 1)")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option()] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic")] = None,
+    paradigm: Annotated[str | None, typer.Option(help="supervised, simclr, simclr-pw, kd or dg")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    img_size: Annotated[int | None, typer.Option(help="square input side in pixels")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw or sgd")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    fraction: Annotated[float | None, typer.Option(help="labelled share of the training split (0, 1]")] = None,
+    val_frac: Annotated[float | None, typer.Option(help="validation share when the source has no val split")] = None,
+    test_frac: Annotated[float | None, typer.Option(help="test share when the source has no test split")] = None,
+    balance: Annotated[str | None, typer.Option(help="none, loss (class weights) or sampler")] = None,
+    augment: Annotated[str | None, typer.Option(help="none, supervised or simclr augmentation")] = None,
+    init: Annotated[str | None, typer.Option(help="checkpoint (.safetensors/.pth) or run directory to "
+                                                     "initialise from")] = None,
+    pretrain_epochs: Annotated[int | None, typer.Option(help="simclr-pw: epochs of the SimCLR phase")] = None,
+    temperature: Annotated[float | None, typer.Option(help="simclr: NT-Xent temperature")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(help="kd: teacher run directory (repeat to average "
+                                                              "several)")] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="kd: teacher architecture (with --teacher-init)")] = None,
+    teacher_init: Annotated[str | None, typer.Option(help="kd: teacher checkpoint with the run's classes")] = None,
+    kd_alpha: Annotated[float | None, typer.Option(help="kd: weight of the hard-label loss (0.5)")] = None,
+    kd_temperature: Annotated[float | None, typer.Option(help="kd: softening temperature T (4)")] = None,
+    target: Annotated[str | None, typer.Option(help="dg: unlabelled target-domain source")] = None,
+    coral_weight: Annotated[float | None, typer.Option(help="dg: weight of the CORAL loss (1)")] = None,
+    equalize: Annotated[str | None, typer.Option(help="none, hist or clahe")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 (default) or 3 input channels")] = None,
+    devices: Annotated[int | None, typer.Option(help="processes/GPUs (DDP when > 1)")] = None,
+    num_nodes: Annotated[int | None, typer.Option()] = None,
+    deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic")] = None,
     group_from_filename: GroupOpt = None,
-    config: Annotated[Optional[Path], typer.Option(help="run.yaml with data/preprocess/train sections")] = None,
+    config: Annotated[Path | None, typer.Option(help="run.yaml with data/preprocess/train sections")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from last.ckpt")] = False,
 ) -> None:
     """Train a model and write a complete run directory (weights, metrics, plots, model card)."""
@@ -134,7 +146,9 @@ def train(
         batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, fraction=fraction, val_frac=val_frac,
         test_frac=test_frac, balance=balance, augment=augment, init=init, equalize=equalize, channels=channels,
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
-        group_from_filename=_group(group_from_filename), resume=resume,
+        group_from_filename=_group(group_from_filename), resume=resume, pretrain_epochs=pretrain_epochs,
+        temperature=temperature, teacher=teacher or None, teacher_model=teacher_model, teacher_init=teacher_init,
+        kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
     m = result.metrics
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
@@ -146,23 +160,28 @@ def train(
 @friendly_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    data: Annotated[Optional[str], typer.Option(help="another source with the same classes")] = None,
+    data: Annotated[str | None, typer.Option(help="another source with the same classes")] = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
-    out: Annotated[Optional[Path], typer.Option(help="where to write metrics.json")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write metrics.json")] = None,
 ) -> None:
     """Score a run on its test split (or another source) and write metrics.json."""
     from medlite.evaluate.metrics import format_metrics
 
-    console.print(format_metrics(api.evaluate(run_dir, data=data, split=split, out=out)))
+    metrics = api.evaluate(run_dir, data=data, split=split, out=out)
+    console.print(format_metrics(metrics))
+    if "adaptation" in metrics:  # a dg run on another source: what AdaBN changed
+        a = metrics["adaptation"]
+        console.print(f"AdaBN on {data}: accuracy {a['source_bn']['accuracy']:.3f} -> {a['adabn']['accuracy']:.3f} "
+                      f"(source batch-norm statistics -> target statistics)")
 
 
 @app.command()
 @friendly_errors
 def profile(
     target: Annotated[str, typer.Argument(help="a model name or a run directory")],
-    img_size: Annotated[Optional[int], typer.Option(help="input side (default: the model's)")] = None,
+    img_size: Annotated[int | None, typer.Option(help="input side (default: the model's)")] = None,
     batch_size: Annotated[int, typer.Option(help="batch for training memory/throughput")] = 32,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -180,7 +199,7 @@ def profile(
 @friendly_errors
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
-    out: Annotated[Optional[Path], typer.Option(help="report file (.html; a .md is written beside it)")] = None,
+    out: Annotated[Path | None, typer.Option(help="report file (.html; a .md is written beside it)")] = None,
 ) -> None:
     """One table of runs (accuracy, AUC with CIs, params, MACs, memory, latency) and the Pareto frontier."""
     result = api.compare(list(run_dirs), out=out)
@@ -193,12 +212,85 @@ def compare(
 @friendly_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
-    epochs: Annotated[int, typer.Option(help="epochs per model")] = 8,
+    epochs: Annotated[int, typer.Option(help="epochs per model")] = 12,
 ) -> None:
     """Synthesize ChestX6 phantoms, train HybridNet-XR-100 and MobileNetV2, evaluate, profile, compare."""
     result = api.demo(out, epochs=epochs)
     console.print(Markdown(result["markdown"]))
     console.print(f"report: {result['written'][0]}")
+
+
+@app.command()
+@friendly_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    format: Annotated[str, typer.Option("--format", help="export format (onnx)")] = "onnx",  # noqa: A002
+    int8: Annotated[bool, typer.Option("--int8", help="also write an int8 statically quantised model")] = False,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: medlite's pinned one)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUNDIR/export)")] = None,
+) -> None:
+    """Export to ONNX (dynamic batch, preprocessing contract in the metadata) with an ONNX Runtime parity check."""
+    from medlite.deploy import export_run
+    from medlite.deploy.onnx_export import describe_report
+
+    kwargs = {"opset": opset} if opset is not None else {}
+    console.print(describe_report(export_run(run_dir, format=format, int8=int8, out=out, **kwargs)),
+                  highlight=False)
+
+
+@app.command()
+@friendly_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="a run directory or an exported .onnx file")],
+    inputs: Annotated[list[Path], typer.Argument(help="image files, folders (recursive) or DICOM files")],
+    out: Annotated[Path | None, typer.Option(help="predictions.csv or predictions.json")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")] = None,
+    cam: Annotated[Path | None, typer.Option(help="also write Grad-CAM overlays here (run directories)")] = None,
+) -> None:
+    """Predict class probabilities for files and folders; the preprocessing comes from the model itself."""
+    rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam)
+    ok = [r for r in rows if r["status"] == "ok"]
+    table = Table(title=f"{len(ok)} predicted, {len(rows) - len(ok)} skipped")
+    for column in ("file", "predicted", "status"):
+        table.add_column(column)
+    for row in rows[:20]:
+        table.add_row(str(row["file"]), str(row.get("predicted") or ""), row["status"])
+    console.print(table)
+    if len(rows) > 20:
+        console.print(f"... {len(rows) - 20} more")
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def explain(
+    paths: Annotated[list[str], typer.Argument(help="run directories, then image files or folders (method names "
+                                                    "may follow too: ... gradcam scorecam lime)")],
+    method: Annotated[list[str] | None, typer.Option("--method", help="gradcam, scorecam or lime (repeat)")] = None,
+    target: Annotated[str | None, typer.Option(help="class name or index to explain (default: predicted)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder (maps, or explain_metrics.json with --evaluate)")] = Path(
+        "explanations"),
+    layer: Annotated[str | None, typer.Option(help="dotted layer name for CAMs (default: the model's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="forward passes per batch (Score-CAM masks, LIME samples)")] = 32,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="score faithfulness instead of drawing maps")] = False,
+    data: Annotated[str | None, typer.Option(help="--evaluate: source to score on (default the run's)")] = None,
+    n: Annotated[int, typer.Option(help="--evaluate: number of images")] = 200,
+    masks: Annotated[Path | None, typer.Option(help="--evaluate: folder of lesion masks")] = None,
+) -> None:
+    """Saliency maps (overlay PNG at the original geometry, raw .npy, comparison grid) or their faithfulness."""
+    runs, images, methods = api.split_explain_arguments(paths, method)
+    if evaluate:
+        for run in runs:
+            # One folder per run when several are scored (the same images for every model).
+            target_dir = out / run.name if len(runs) > 1 else out
+            api.evaluate_explanations(run, data=data, n=n, masks=masks, methods=methods or None, out=target_dir)
+            console.print(f"{run}: wrote {target_dir / 'explain_metrics.json'}")
+        return
+    rows = api.explain(runs, images, methods=methods or ["gradcam"], target=target, out=out, layer=layer,
+                       batch_size=batch_size)
+    console.print(f"{len(rows)} explanation(s) written to {out} (overlays, .npy maps, grids, explanations.json)")
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from medlite.data.preprocess import PreprocessConfig
 from medlite.errors import MedliteError
 
 
-
 class DataConfig(BaseModel):
     """Where images come from and how they are split.
 

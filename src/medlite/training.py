@@ -134,7 +134,7 @@ def quiet_lightning() -> Iterator[None]:
         try:
             yield
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 
@@ -226,7 +226,8 @@ def train(
 
     augment = {"none": None, "supervised": XrayAugmentConfig.supervised(), "simclr": XrayAugmentConfig.simclr()}
     task = get_paradigm(t.paradigm).from_config(
-        model, cfg=cfg, data=data, out=out, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr, weight_decay=t.weight_decay,
+        model, cfg=cfg, data=data, out=out, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr,
+        weight_decay=t.weight_decay,
         optimizer=t.optimizer, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
         class_weights=None if weights is None else torch.from_numpy(weights), augment=augment[t.augment],
         seed=t.seed,

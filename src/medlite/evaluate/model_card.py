@@ -90,7 +90,7 @@ def write_model_card(
         " populations (evaluate with `medlite evaluate RUN --data OTHER`).",
         "- Confidence intervals come from bootstrap resampling of the test images; they do not cover site shift.",
         "- Class balance, acquisition source and image post-processing can act as shortcuts (see METHODS.md §5).",
-        f"- Synthetic phantoms (source `synthetic`) are a software test bed, not evidence of clinical accuracy."
+        "- Synthetic phantoms (source `synthetic`) are a software test bed, not evidence of clinical accuracy."
         if cfg.data.source.startswith("synthetic")
         else "- Labels are taken as given by the source.",
         "",

@@ -103,7 +103,7 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
         "frontier",
     ]
     body = []
-    for row, on_front in zip(rows, front):
+    for row, on_front in zip(rows, front, strict=True):
         body.append(
             [
                 row["run"],
@@ -142,14 +142,14 @@ def frontier_plot(rows: Sequence[dict[str, Any]], cost: str) -> bytes | None:
 
     front = pareto_front(rows, cost)
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=110)
-    for row, on_front in zip(rows, front):
+    for row, on_front in zip(rows, front, strict=True):
         if row.get(cost) is None:
             continue
         ax.scatter(row[cost], row["accuracy"], color="tab:red" if on_front else "tab:blue", zorder=3)
         ax.annotate(
             row["run"], (row[cost], row["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
         )
-    on = sorted((r[cost], r["accuracy"]) for r, f in zip(rows, front) if f)
+    on = sorted((r[cost], r["accuracy"]) for r, f in zip(rows, front, strict=True) if f)
     if len(on) > 1:
         ax.step([c for c, _ in on], [a for _, a in on], where="post", color="tab:red", lw=1, alpha=0.6)
     if cost == "params":

@@ -1,0 +1,23 @@
+"""The public Python API: lazy top-level names and the demo pipeline (a fast variant of `make demo`)."""
+
+from __future__ import annotations
+
+import medlite
+from medlite import api
+
+
+def test_top_level_api_is_lazy_and_complete():
+    for name in medlite.__all__:
+        assert callable(getattr(medlite, name)) or isinstance(getattr(medlite, name), type), name
+    assert medlite.list_models("hybridnet*") == ["hybridnet_xr_100", "hybridnet_xr_150", "hybridnet_xr_50"]
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    result = api.demo(tmp_path / "demo", per_class=10, img_size=32, epochs=2, progress=False)
+    runs = {row["model"]: row for row in result["rows"]}
+    assert set(runs) == {"hybridnet_xr_100", "mobilenet_v2"}
+    for row in runs.values():
+        assert row["peak_train_mem_mb"] is not None and row["latency_ms_p50"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert (tmp_path / "demo" / "report.html").is_file() and (tmp_path / "demo" / "report.md").is_file()
+    assert "hybridnet_xr_100" in result["markdown"]
