@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medlite.errors import MedliteError
-from medlite.evaluate.run_eval import evaluate_run
+from medlite.evaluate.run_eval import evaluate_run as _evaluate_run
 from medlite.training import TrainResult
 from medlite.training import train as _train
 from medlite.utils import rundir
@@ -73,7 +73,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test",
     """
     if split not in ("train", "val", "test"):
         raise MedliteError(f"--split must be train, val or test, got {split!r}")
-    metrics = evaluate_run(run_dir, data=data, split=split, out=out)
+    metrics = _evaluate_run(run_dir, data=data, split=split, out=out)
     if data is not None:
         from medlite.paradigms.domain_gap import adaptation_effect
 

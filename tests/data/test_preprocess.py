@@ -10,10 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from medlite.data.cache import build_cache, cache_key, default_cache_dir
-from medlite.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from medlite.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask
 from medlite.data.records import Record, Source
 from medlite.errors import DataError, MedliteError
 
@@ -158,22 +157,6 @@ def test_mask_follows_the_image_geometry() -> None:
         assert (bright & (m == 1)).sum() >= 0.8 * max(bright.sum(), 1)
 
 
-def test_to_tensor_normalises_and_repeats_channels() -> None:
-    batch = np.stack([np.full((16, 16), 0, np.uint8), np.full((16, 16), 255, np.uint8)])
-    one = to_tensor(batch, PreprocessConfig(size=16), mean=0.5, std=0.25)
-    assert one.shape == (2, 1, 16, 16) and one.dtype == torch.float32
-    assert torch.allclose(one[:, 0, 0, 0], torch.tensor([-2.0, 2.0]))
-    rgb_cfg = PreprocessConfig(size=16, channels=3)
-    three = to_tensor(torch.from_numpy(batch), rgb_cfg, (0.5, 0.5, 0.0), (0.5, 0.5, 1.0))
-    assert three.shape == (2, 3, 16, 16)
-    assert torch.allclose(three[1, :, 0, 0], torch.tensor([1.0, 1.0, 1.0]))
-    with pytest.raises(DataError, match="size 32"):
-        to_tensor(batch, PreprocessConfig(size=32), 0.5, 0.25)
-    with pytest.raises(DataError, match="std"):
-        to_tensor(batch, PreprocessConfig(size=16), 0.5, 0.0)
-
-
-# -------------------------------------------------------------------------------------------------- cache
 def test_second_build_hits_the_cache_and_is_much_faster(tmp_path: Path) -> None:
     root = _write_pngs(tmp_path / "data", 240, size=(160, 128))
     calls = []

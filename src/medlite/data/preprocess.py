@@ -21,23 +21,20 @@ Pipeline order:
 6. ``pad`` only: letterbox to S x S with the median of the content's border pixels (the X-ray's own
    background, not a black or white frame). Last, so neither filters nor histograms see the artificial border.
 
-Channels are not stored (the cache is single-channel); :func:`to_tensor` repeats the channel for 3-channel
-models.
+Channels are not stored (the cache is single-channel); :func:`medlite.paradigms.base.normalise_batch` repeats the
+channel for 3-channel models.
 """
 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medlite.errors import DataError, MedliteError
-
-if TYPE_CHECKING:  # torch is imported lazily: predicting with an ONNX model must not need it
-    import torch
 
 
 class PreprocessConfig(BaseModel):
@@ -51,7 +48,8 @@ class PreprocessConfig(BaseModel):
         clahe_grid: CLAHE tiles per side.
         gaussian_sigma: Gaussian blur sigma in output pixels; 0 disables it.
         median_ksize: median filter aperture in output pixels, odd >= 3; 0 disables it.
-        channels: channels the model receives; applied by :func:`to_tensor`, not stored in the cache.
+        channels: channels the model receives; applied at tensor time by
+            :func:`medlite.paradigms.base.normalise_batch`, not stored in the cache.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -185,32 +183,3 @@ def preprocess_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         raise DataError(f"mask has shape {mask.shape}; expected (H, W)")
     fitted = _fit((mask > 0).astype(np.uint8), cfg.size, cfg.resize, nearest=True)
     return _letterbox(fitted, cfg.size, 0) if cfg.resize == "pad" else fitted
-
-
-def to_tensor(batch: np.ndarray | torch.Tensor, cfg: PreprocessConfig, mean: float | tuple[float, ...],
-              std: float | tuple[float, ...]) -> torch.Tensor:
-    """Turn cached uint8 images into the normalised float batch a model expects.
-
-    Args:
-        batch: uint8 (B, S, S) or (B, 1, S, S), e.g. a slice of :attr:`CachedDataset.images`.
-        cfg: supplies ``size`` (checked) and ``channels`` (1, or 3 by repeating the gray channel).
-        mean: mean on the [0, 1] scale, one value or one per channel.
-        std: standard deviation on the [0, 1] scale, one value or one per channel.
-
-    Returns:
-        float32 (B, C, S, S) holding ``(x / 255 - mean) / std``.
-    """
-    import torch
-
-    x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.array(batch, dtype=np.uint8))
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or tuple(x.shape[1:]) != (cfg.size, cfg.size):
-        raise DataError(f"batch has shape {tuple(x.shape)}; expected (B, {cfg.size}, {cfg.size}) uint8 "
-                        f"for preprocess size {cfg.size}")
-    x = x.to(torch.float32).div_(255.0).unsqueeze(1)
-    x = x.repeat(1, cfg.channels, 1, 1) if cfg.channels > 1 else x
-    m, sd = (torch.as_tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in (mean, std))
-    if m.numel() not in (1, cfg.channels) or sd.numel() not in (1, cfg.channels) or (sd <= 0).any():
-        raise DataError(f"mean={mean}, std={std}: need 1 or {cfg.channels} value(s) each, std > 0")
-    return x.sub_(m).div_(sd)
