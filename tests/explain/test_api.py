@@ -76,7 +76,7 @@ def test_select_images_is_run_independent() -> None:
 
 def test_evaluate_writes_metrics_for_every_method(phantom_run, tmp_path) -> None:
     metrics = evaluate_explanations(phantom_run, n=4, methods=("gradcam", "scorecam"), out=tmp_path,
-                                    steps=10, batch_size=4)
+                                    steps=10, batch_size=4, method_options={"scorecam": {"max_channels": 8}})
     stored = json.loads((tmp_path / EXPLAIN_METRICS).read_text())
     assert stored == json.loads(json.dumps(metrics))
     assert metrics["n_images"] == 4 and metrics["model"] == "hybridnet_xr_50"
@@ -88,6 +88,7 @@ def test_evaluate_writes_metrics_for_every_method(phantom_run, tmp_path) -> None
             assert entry[key]["n"] > 0 and entry[key]["mean"] is not None, key
         assert 0 <= entry["deletion_auc"]["mean"] <= 1 and 0 <= entry["energy_in_mask"]["mean"] <= 1
         assert len(entry["deletion_curve"]) == 11
+    assert metrics["settings"]["method_options"] == {"scorecam": {"max_channels": 8}}
     again = evaluate_explanations(phantom_run, n=4, methods="gradcam", out=tmp_path / "again", steps=10)
     assert again["images"] == metrics["images"]  # same images on every call / model
     assert again["methods"]["gradcam"]["deletion_auc"] == metrics["methods"]["gradcam"]["deletion_auc"]

@@ -71,9 +71,14 @@ def _ensure_families_imported() -> None:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style ``pattern`` (case-insensitive), sorted."""
+    """Registered names matching a shell-style ``pattern`` (case-insensitive), sorted.
+
+    Names starting with ``_`` (private, e.g. registered by a test) are listed only when the pattern starts with ``_``.
+    """
     _ensure_families_imported()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n.lower(), pattern.lower()))
+    hidden = not pattern.startswith("_")
+    return sorted(n for n in _MODELS
+                  if fnmatch.fnmatch(n.lower(), pattern.lower()) and not (hidden and n.startswith("_")))
 
 
 def get_model_cfg(name: str) -> ModelCfg:
