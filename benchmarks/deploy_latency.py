@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -46,21 +45,12 @@ from medlite.data.preprocess import PreprocessConfig
 from medlite.deploy.onnx_export import export_onnx, export_run
 from medlite.deploy.predict import OnnxClassifier
 from medlite.deploy.quantize import quantize_int8
+from medlite.evaluate.profile import cpu_name
 from medlite.models import create_model
 
 STUDENTS = ("hybridnet_xr_50", "hybridnet_xr_100", "hybridnet_xr_150", "mobilenet_v2_050", "mobilenet_v2",
             "squeezenet1_1", "efficientnet_lite0", "mobilenetv3_ofa_595")
 CALIBRATION_IMAGES = 64
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _latency_ms(fn: Callable[[], Any], warmup: int, iters: int) -> tuple[float, float, float]:
@@ -206,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="medlite-deploy-bench-") as tmp:
         workdir = Path(tmp)
         calib = _calibration(args.data, args.img_size)
-        print(f"CPU: {_cpu_name()}; threads {args.threads}; {args.img_size} px; torch {torch.__version__}; "
+        print(f"CPU: {cpu_name()}; threads {args.threads}; {args.img_size} px; torch {torch.__version__}; "
               f"onnxruntime {ort.__version__}; load average at start {os.getloadavg()[0]:.1f}\n")
         print("batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s\n")
         print("| model | params (M) | eager fp32 | ONNX fp32 | ONNX int8 | b32 eager / fp32 / int8 "

@@ -94,7 +94,8 @@ def count_macs(model: nn.Module, img_size: int, in_chans: int = 1) -> int:
     return _count(model, img_size, in_chans)[0]
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else what ``platform`` reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -251,7 +252,7 @@ def profile_model(
             device=str(dev),
             threads=torch.get_num_threads(),
             torch_version=torch.__version__,
-            cpu=_cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            cpu=cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             channels_last=channels_last,
         )
     finally:
