@@ -171,3 +171,35 @@ def test_export_predict_and_explain(trained, phantoms, tmp_path):
 
 def test_explain_without_a_run_is_an_error(tmp_path):
     assert_one_line_error(invoke("explain", tmp_path / "x.png", "gradcam"), "at least one run directory")
+
+
+def test_low_label_commands(phantoms, trained, tmp_path):
+    common = ("--data", phantoms / "manifest.csv", "--epochs", "1", "--img-size", "32", "--batch-size", "4",
+              "--split-from", trained)
+    teacher = tmp_path / "teacher"
+    assert invoke("train", *common, "--model", "hybridnet_xr_150", "--out", teacher).exit_code == 0
+    ws = invoke("train", *common, "--model", "hybridnet_xr_50", "--init-select", teacher, "--select-method",
+                "random-consistent", "--out", tmp_path / "ws")
+    assert ws.exit_code == 0, ws.output
+    dual = invoke("train", *common, "--model", "hybridnet_xr_50", "--paradigm", "dual-skd", "--teacher", teacher,
+                  "--skd-mode", "mutual", "--out", tmp_path / "dual")
+    assert dual.exit_code == 0 and "dual-skd (mutual): kept student" in dual.output, dual.output
+    proto = invoke("train", *common, "--model", "squeezenet1_1", "--paradigm", "protonet", "--k-shot", "1",
+                   "--q-query", "1", "--episodes-per-epoch", "2", "--eval-episodes", "5", "--out", tmp_path / "proto")
+    assert proto.exit_code == 0, proto.output
+    base = invoke("evaluate", trained, "--prototypes", "--split", "train", "--k-shot", "1", "--q-query", "1",
+                  "--episodes", "10", "--out", tmp_path / "protos")
+    assert base.exit_code == 0 and "10 episodes (3-way 1-shot)" in base.output, base.output
+    assert (tmp_path / "protos" / "episodic.json").is_file()
+
+
+def test_low_label_mistakes_are_one_line_errors(phantoms, trained, tmp_path):
+    common = ("--data", phantoms / "manifest.csv", "--epochs", "1", "--img-size", "32")
+    assert_one_line_error(invoke("train", *common, "--model", "mobilenet_v2", "--init-select", trained, "--out",
+                                 tmp_path / "a"), "features.0.0.weight")
+    assert not (tmp_path / "a").exists()  # a run that failed before training leaves nothing behind
+    assert_one_line_error(invoke("train", *common, "--paradigm", "dual-skd", "--out", tmp_path / "b"),
+                          "dual-skd needs one --teacher")
+    assert_one_line_error(invoke("train", *common, "--split-from", tmp_path, "--out", tmp_path / "c"),
+                          "no split manifest")
+    assert_one_line_error(invoke("evaluate", trained, "--prototypes", "--data", phantoms), "drop --data")

@@ -121,3 +121,45 @@ def test_ddp_two_cpu_processes_on_gloo(tmp_path):
     assert (result.run_dir / "model.safetensors").is_file()
     assert result.epochs_run == 1
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+def _split_rows(run):
+    with (run / "splits.csv").open() as handle:
+        return [(r["name"], r["split"], r["in_fraction"]) for r in csv.DictReader(handle)]
+
+
+def test_every_paradigm_gets_the_same_labelled_fraction(tmp_path):
+    import torch
+
+    from medlite.models import create_model
+    from medlite.models.adapt import save_weights
+
+    teacher = save_weights(create_model("hybridnet_xr_100", num_classes=6), tmp_path / "teacher.safetensors")
+    common = dict(model="hybridnet_xr_50", epochs=1, fraction=0.5, seed=7, limit_train_batches=1, **TINY)
+    extra = {"supervised": {}, "simclr": {}, "dual-skd": {"teacher": str(teacher)},
+             "protonet": {"k_shot": 1, "q_query": 1, "episodes_per_epoch": 1, "eval_episodes": 2}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        manifests = {p: _split_rows(train(out=tmp_path / p, paradigm=p, **kw, **common).run_dir)
+                     for p, kw in extra.items()}
+    finally:
+        torch.set_num_threads(threads)
+    first = manifests["supervised"]
+    assert sum(f == "1" for _, s, f in first if s == "train") < sum(s == "train" for _, s, _ in first)
+    for paradigm, rows in manifests.items():
+        assert rows == first, paradigm
+
+
+def test_split_from_reuses_a_split_and_redraws_the_fraction(tiny_run, tmp_path):
+    out, _ = tiny_run
+    base = _split_rows(out)
+    runs = [train(out=tmp_path / f"s{seed}", model="hybridnet_xr_50", epochs=1, split_from=str(out), fraction=0.5,
+                  seed=seed, limit_train_batches=1, **TINY).run_dir for seed in (1, 2)]
+    rows = [_split_rows(r) for r in runs]
+    for r in rows:
+        assert [(n, s) for n, s, _ in r] == [(n, s) for n, s, _ in base]  # the same images in every part
+    fractions = [{n for n, s, f in r if f == "1"} for r in rows]
+    assert fractions[0] != fractions[1] and all(len(f) == len(fractions[0]) for f in fractions)
+    with pytest.raises(MedliteError, match="no split manifest there"):
+        train(out=tmp_path / "bad", model="hybridnet_xr_50", epochs=1, split_from=str(tmp_path / "nothing"), **TINY)

@@ -25,6 +25,8 @@ _LAZY = {
     "inspect": "medlite.api",
     "synthesize": "medlite.api",
     "model_table": "medlite.api",
+    "evaluate_prototypes": "medlite.api",
+    "select_weights": "medlite.models.selection",
     "open_source": "medlite.data.sources",
     "MedliteError": "medlite.errors",
 }

@@ -107,12 +107,17 @@ def train(
     data: Annotated[str | None, typer.Option(help="data source (folder, CSV, .npz, synthetic)")] = None,
     model: Annotated[str | None, typer.Option(help="a name from `medlite models`")] = None,
     out: Annotated[Path, typer.Option(help="run directory to create (or resume)")] = Path("runs/run"),
-    paradigm: Annotated[str | None, typer.Option(help="supervised, simclr, simclr-pw, kd or dg")] = None,
+    paradigm: Annotated[str | None, typer.Option(help="supervised, simclr, simclr-pw, kd, dg, dual-skd or "
+                                                      "protonet")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     img_size: Annotated[int | None, typer.Option(help="square input side in pixels")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adamw or sgd")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="weight decay (0.05)")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine (after warm-up) or step (x0.5 every N epochs)")] = None,
+    lr_step_epochs: Annotated[int | None, typer.Option(help="step schedule: epochs per step (10)")] = None,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs (0 = off)")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     fraction: Annotated[float | None, typer.Option(help="labelled share of the training split (0, 1]")] = None,
     val_frac: Annotated[float | None, typer.Option(help="validation share when the source has no val split")] = None,
@@ -121,32 +126,58 @@ def train(
     augment: Annotated[str | None, typer.Option(help="none, supervised or simclr augmentation")] = None,
     init: Annotated[str | None, typer.Option(help="checkpoint (.safetensors/.pth) or run directory to "
                                                      "initialise from")] = None,
+    init_select: Annotated[str | None, typer.Option(help="weight selection from a larger model of the same "
+                                                            "family (run directory or weights file)")] = None,
+    select_method: Annotated[str | None, typer.Option(help="uniform, consecutive, random-consistent or "
+                                                              "random")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(help="simclr-pw: epochs of the SimCLR phase")] = None,
     temperature: Annotated[float | None, typer.Option(help="simclr: NT-Xent temperature")] = None,
     teacher: Annotated[list[str] | None, typer.Option(help="kd: teacher run directory (repeat to average "
-                                                              "several)")] = None,
+                                                              "several); dual-skd: the model to select both "
+                                                              "students from")] = None,
     teacher_model: Annotated[str | None, typer.Option(help="kd: teacher architecture (with --teacher-init)")] = None,
     teacher_init: Annotated[str | None, typer.Option(help="kd: teacher checkpoint with the run's classes")] = None,
     kd_alpha: Annotated[float | None, typer.Option(help="kd: weight of the hard-label loss (0.5)")] = None,
     kd_temperature: Annotated[float | None, typer.Option(help="kd: softening temperature T (4)")] = None,
     target: Annotated[str | None, typer.Option(help="dg: unlabelled target-domain source")] = None,
     coral_weight: Annotated[float | None, typer.Option(help="dg: weight of the CORAL loss (1)")] = None,
+    skd_mode: Annotated[str | None, typer.Option(help="dual-skd: ema, swap, mutual or ema-only")] = None,
+    skd_alpha: Annotated[float | None, typer.Option(help="dual-skd: weight of the distillation term (0.5)")] = None,
+    skd_temperature: Annotated[float | None, typer.Option(help="dual-skd: temperature T (4)")] = None,
+    ema_momentum: Annotated[float | None, typer.Option(help="dual-skd: EMA momentum (0.996; 0.99 under 2,000 "
+                                                               "steps)")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="dual-skd: last epochs that fine-tune A with CE "
+                                                                "(10 %)")] = None,
+    n_way: Annotated[int | None, typer.Option(help="protonet: classes per episode (all)")] = None,
+    k_shot: Annotated[int | None, typer.Option(help="protonet: support images per class (5)")] = None,
+    q_query: Annotated[int | None, typer.Option(help="protonet: query images per class (15)")] = None,
+    episodes_per_epoch: Annotated[int | None, typer.Option(help="protonet: training episodes per epoch (100)")] = None,
+    eval_episodes: Annotated[int | None, typer.Option(help="protonet: validation/test episodes (600)")] = None,
+    embedding_dim: Annotated[int | None, typer.Option(help="protonet: embedding width (128)")] = None,
     equalize: Annotated[str | None, typer.Option(help="none, hist or clahe")] = None,
     channels: Annotated[int | None, typer.Option(help="1 (default) or 3 input channels")] = None,
     devices: Annotated[int | None, typer.Option(help="processes/GPUs (DDP when > 1)")] = None,
     num_nodes: Annotated[int | None, typer.Option()] = None,
     deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic")] = None,
     group_from_filename: GroupOpt = None,
+    split_from: Annotated[str | None, typer.Option(help="reuse the train/val/test split of a run directory (or its "
+                                                          "splits.csv); the labelled fraction follows --seed")] = None,
     config: Annotated[Path | None, typer.Option(help="run.yaml with data/preprocess/train sections")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from last.ckpt")] = False,
 ) -> None:
     """Train a model and write a complete run directory (weights, metrics, plots, model card)."""
     result = api.train(
         config, out=out, source=data, model=model, paradigm=paradigm, epochs=epochs, img_size=img_size,
-        batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, fraction=fraction, val_frac=val_frac,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+        lr_step_epochs=lr_step_epochs, early_stopping_patience=patience, init_select=init_select,
+        select_method=select_method, skd_mode=skd_mode, skd_alpha=skd_alpha, skd_temperature=skd_temperature,
+        ema_momentum=ema_momentum, finetune_epochs=finetune_epochs, n_way=n_way, k_shot=k_shot, q_query=q_query,
+        episodes_per_epoch=episodes_per_epoch, eval_episodes=eval_episodes, embedding_dim=embedding_dim,
+        seed=seed, fraction=fraction, val_frac=val_frac,
         test_frac=test_frac, balance=balance, augment=augment, init=init, equalize=equalize, channels=channels,
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
-        group_from_filename=_group(group_from_filename), resume=resume, pretrain_epochs=pretrain_epochs,
+        group_from_filename=_group(group_from_filename), split_from=split_from, resume=resume,
+        pretrain_epochs=pretrain_epochs,
         temperature=temperature, teacher=teacher or None, teacher_model=teacher_model, teacher_init=teacher_init,
         kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
@@ -154,6 +185,8 @@ def train(
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
                   f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
                   f"{m['ci95']['accuracy'][1]:.3f}), macro AUC {m['auc_macro']:.3f}, n = {m['n']}")
+    for line in api.paradigm_summary(result.run_dir):
+        console.print(line)
 
 
 @app.command()
@@ -163,10 +196,26 @@ def evaluate(
     data: Annotated[str | None, typer.Option(help="another source with the same classes")] = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     out: Annotated[Path | None, typer.Option(help="where to write metrics.json")] = None,
+    prototypes: Annotated[bool, typer.Option("--prototypes", help="classify by the nearest class prototype of the "
+                                                                 "labelled training features (few-shot baseline; "
+                                                                 "writes RUNDIR/eval-prototypes)")] = False,
+    k_shot: Annotated[int, typer.Option(help="--prototypes: support images per class in test episodes")] = 5,
+    q_query: Annotated[int, typer.Option(help="--prototypes: query images per class in test episodes")] = 15,
+    episodes: Annotated[int, typer.Option(help="--prototypes: test episodes")] = 600,
 ) -> None:
     """Score a run on its test split (or another source) and write metrics.json."""
     from medlite.evaluate.metrics import format_metrics
 
+    if prototypes:
+        if data is not None:
+            raise MedliteError("--prototypes scores the run's own split; drop --data")
+        result = api.evaluate_prototypes(run_dir, split=split, k_shot=k_shot, q_query=q_query, episodes=episodes,
+                                         out=out)
+        console.print(format_metrics(result["metrics"]))
+        e = result["episodic"]
+        console.print(f"{e['episodes']} episodes ({e['n_way']}-way {e['k_shot']}-shot): accuracy "
+                      f"{e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f}); wrote {result['out']}")
+        return
     metrics = api.evaluate(run_dir, data=data, split=split, out=out)
     console.print(format_metrics(metrics))
     if "adaptation" in metrics:  # a dg run on another source: what AdaBN changed

@@ -25,6 +25,8 @@ class DataConfig(BaseModel):
         val_frac / test_frac: fractions of the whole set carved out when the source defines no such split.
         fraction: share of the training split that keeps its labels (nested and stratified per seed).
         group_from_filename: derive patient ids from file names (``True``) or with this regex.
+        split_from: reuse the train/val/test assignment of a split manifest (a run directory or its
+            ``splits.csv``), so several runs share one split; the labelled fraction is still drawn per seed.
         synthetic_per_class / synthetic_size: phantom count per class and side in pixels (``synthetic`` only).
     """
 
@@ -35,6 +37,7 @@ class DataConfig(BaseModel):
     test_frac: float = Field(0.2, ge=0.0, lt=1.0)
     fraction: float = Field(1.0, gt=0.0, le=1.0)
     group_from_filename: bool | str = False
+    split_from: str | None = None
     strict: bool = False
     synthetic_per_class: int = Field(60, ge=1)
     synthetic_size: int = Field(128, ge=32)
@@ -46,14 +49,20 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "hybridnet_xr_100"
-    paradigm: Literal["supervised", "simclr", "simclr-pw", "kd", "dg"] = "supervised"
+    paradigm: Literal["supervised", "simclr", "simclr-pw", "kd", "dg", "dual-skd", "protonet"] = "supervised"
     init: str | None = None
+    # Weight selection (METHODS.md §1): initialise from a larger model of the same family (run dir or weights file).
+    init_select: str | None = None
+    select_method: Literal["uniform", "consecutive", "random-consistent", "random"] = "uniform"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     warmup_epochs: float = Field(1.0, ge=0.0)
+    schedule: Literal["cosine", "step"] = "cosine"
+    lr_step_epochs: int = Field(10, ge=1)
+    lr_step_gamma: float = Field(0.5, gt=0.0, le=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     balance: Literal["none", "loss", "sampler"] = "loss"
     augment: Literal["none", "supervised", "simclr"] = "supervised"
@@ -78,6 +87,22 @@ class TrainConfig(BaseModel):
     # Domain-gap adaptation (paradigm dg): the unlabelled target source and the CORAL loss weight.
     target: str | None = None
     coral_weight: float = Field(1.0, ge=0.0)
+    # Dual-model self-distillation (paradigm dual-skd; METHODS.md §2): students selected from `teacher`;
+    # loss (1 - skd_alpha) * CE + skd_alpha * T^2 * KL(B || A); B an EMA of A (momentum None = 0.996, or 0.99
+    # under 2,000 steps); the last `finetune_epochs` of `epochs` (None = 10 %) are CE on A at lr x finetune_lr_factor.
+    skd_mode: Literal["ema", "swap", "mutual", "ema-only"] = "ema"
+    skd_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    skd_temperature: float = Field(4.0, gt=0.0)
+    ema_momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    finetune_epochs: int | None = Field(None, ge=0)
+    finetune_lr_factor: float = Field(0.1, gt=0.0, le=1.0)
+    # Prototypical networks (paradigm protonet; METHODS.md §9): n_way None = every class in each episode.
+    n_way: int | None = Field(None, ge=2)
+    k_shot: int = Field(5, ge=1)
+    q_query: int = Field(15, ge=1)
+    episodes_per_epoch: int = Field(100, ge=1)
+    eval_episodes: int = Field(600, ge=1)
+    embedding_dim: int = Field(128, ge=1)
 
     @field_validator("model", "teacher_model")
     @classmethod
@@ -101,6 +126,14 @@ class TrainConfig(BaseModel):
             raise ValueError("--teacher-model needs --teacher-init FILE (a checkpoint with the run's classes)")
         if self.paradigm == "dg" and self.target is None:
             raise ValueError("paradigm dg needs --target SOURCE (the unlabelled target domain)")
+        if self.paradigm == "dual-skd":
+            if len(self.teacher) != 1:
+                raise ValueError("paradigm dual-skd needs one --teacher (a run directory or weights file of a larger "
+                                 "model of the same family) to select both students from")
+            if self.init_select is not None or self.init is not None:
+                raise ValueError("paradigm dual-skd selects its students from --teacher; drop --init/--init-select")
+        if self.init_select is not None and self.init is not None:
+            raise ValueError("give --init or --init-select, not both")
         return self
 
 

@@ -73,16 +73,34 @@ def prepare_data(cfg: RunConfig, manifest: Path | None = None, progress: bool = 
         rows = stored.align(source)[cached.record_indices]
         splits, in_fraction = stored.splits[rows], stored.in_fraction[rows]
     else:
-        groups = [r.group for r in records] if any(r.group for r in records) else None
-        predefined = [r.split for r in records] if source.has_splits else None
-        splits = make_splits(cached.labels, groups, val_frac=d.val_frac, test_frac=d.test_frac,
-                             seed=cfg.train.seed, predefined=predefined)
+        if d.split_from is not None:
+            splits = _shared_split(d.split_from, source, cached.record_indices)
+        else:
+            groups = [r.group for r in records] if any(r.group for r in records) else None
+            predefined = [r.split for r in records] if source.has_splits else None
+            splits = make_splits(cached.labels, groups, val_frac=d.val_frac, test_frac=d.test_frac,
+                                 seed=cfg.train.seed, predefined=predefined)
         in_fraction = np.zeros(len(records), dtype=bool)
         train_idx = np.flatnonzero(splits == "train")
         in_fraction[label_fraction(train_idx, cached.labels, d.fraction, cfg.train.seed)] = True
     if not np.any(splits == "train"):
         raise MedliteError(f"{d.source}: the split has no training images")
     return PreparedData(source, cached, np.asarray(splits), np.asarray(in_fraction, dtype=bool), list(cached.classes))
+
+
+def _shared_split(split_from: str | Path, source: Any, record_indices: np.ndarray) -> np.ndarray:
+    """The split of a stored manifest (run directory or ``splits.csv``) for the cached images of ``source``."""
+    from medlite.data.splits import apply_manifest
+
+    path = Path(split_from)
+    path = path / rundir.SPLITS if path.is_dir() else path
+    if not path.is_file():
+        raise MedliteError(f"--split-from {split_from}: no split manifest there (a run directory or its splits.csv)")
+    splits = apply_manifest(source, path)[record_indices]
+    if (splits == "").any():
+        raise MedliteError(f"--split-from {path}: {int((splits == '').sum())} image(s) of {source.location} have no "
+                           f"split there (the manifest did not use them)")
+    return splits
 
 
 def resolve_init(init: str | Path | None) -> str | None:
@@ -138,7 +156,8 @@ def quiet_lightning() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any], progress: bool):
+def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any], progress: bool,
+             early_stopping: bool = True):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -148,7 +167,7 @@ def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any],
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="max", save_last=True,
                                  save_top_k=1, enable_version_counter=False)
     all_callbacks: list[Any] = [checkpoint, *callbacks]
-    if has_val and t.early_stopping_patience > 0:
+    if has_val and early_stopping and t.early_stopping_patience > 0:
         all_callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping_patience))
     if progress:
         all_callbacks.append(RichProgressBar(leave=True))
@@ -166,6 +185,65 @@ def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any],
         logger=CSVLogger(out, name="", version="logs"), enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=1, limit_train_batches=t.limit_train_batches, num_sanity_val_steps=0,
     ), checkpoint
+
+
+def _build_task(cfg: RunConfig, data: PreparedData, out: Path, resume: bool, callbacks: Sequence[Any],
+                progress: bool) -> tuple[Any, Any, XrayDataModule, bool]:
+    """The model, the paradigm's task, the DataModule and whether there is a validation split."""
+    from medlite.models import create_model
+    from medlite.paradigms import get_paradigm
+
+    t = cfg.train
+    num_classes = len(data.classes)
+    init = resolve_init(t.init)
+    if t.paradigm == "simclr-pw":
+        # Phase 1: SimCLR on the training images as the complete run directory out/pretrain; phase 2 (the rest of
+        # this function) fine-tunes from its encoder.
+        from medlite.paradigms.simclr import PRETRAIN_DIR, pretrain_encoder
+
+        init = str(pretrain_encoder(cfg, out / PRETRAIN_DIR, callbacks=callbacks, progress=progress))
+    model = create_model(t.model, num_classes=num_classes, in_chans=cfg.preprocess.channels, init=init)
+    if getattr(model, "init_report", None) is not None:
+        warnings.warn(f"init {init}: {model.init_report.summary()}", stacklevel=2)
+    if t.init_select is not None and not resume:  # a resumed run restores its weights from last.ckpt
+        from medlite.models.selection import select_weights
+
+        report = select_weights(model, t.init_select, method=t.select_method, seed=t.seed)
+        warnings.warn(f"weight selection: {report.summary()}", stacklevel=2)
+    train_idx = data.indices("train")
+    weights = class_weights(data.cached.labels[train_idx], num_classes) if t.balance == "loss" else None
+    from medlite.data.augment import XrayAugmentConfig
+
+    augment = {"none": None, "supervised": XrayAugmentConfig.supervised(), "simclr": XrayAugmentConfig.simclr()}
+    task = get_paradigm(t.paradigm).from_config(
+        model, cfg=cfg, data=data, out=out, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr,
+        weight_decay=t.weight_decay,
+        optimizer=t.optimizer, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
+        class_weights=None if weights is None else torch.from_numpy(weights), augment=augment[t.augment],
+        seed=t.seed, schedule=t.schedule, lr_step_epochs=t.lr_step_epochs, lr_step_gamma=t.lr_step_gamma,
+    )
+    split_indices = {s: data.indices(s, labelled_only=task.uses_labels) for s in ("train", "val", "test")}
+    datamodule = XrayDataModule(data.cached.images, data.cached.labels, split_indices, batch_size=t.batch_size,
+                                seed=t.seed, balanced_sampler=t.balance == "sampler" and task.uses_labels,
+                                num_workers=t.num_workers, batch_sampler=task.train_batch_sampler)
+    has_val = len(split_indices["val"]) > 0
+    return model, task, datamodule, has_val
+
+
+@contextlib.contextmanager
+def _discard_if_unstarted(out: Path, created: bool) -> Iterator[None]:
+    """On a user error before the first checkpoint, remove the files this run wrote (so ``out`` can be reused)."""
+    try:
+        yield
+    except MedliteError:
+        from medlite.paradigms.simclr import PRETRAIN_DIR
+
+        if not any((d / rundir.LAST_CKPT).is_file() for d in (out, out / PRETRAIN_DIR)):
+            for name in (rundir.CONFIG, rundir.SPLITS, rundir.VERSIONS):
+                (out / name).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def train(
@@ -191,8 +269,6 @@ def train(
         A :class:`TrainResult`; ``result.metrics`` is the test-split ``metrics.json``.
     """
     from medlite.evaluate.run_eval import finish_run, read_history
-    from medlite.models import create_model
-    from medlite.paradigms import get_paradigm
 
     started = time.perf_counter()
     out = Path(out)
@@ -200,6 +276,7 @@ def train(
     t = cfg.train
     seed_everything(t.seed, t.deterministic)
     data = prepare_data(cfg, manifest=out / rundir.SPLITS if resume else None, progress=progress)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         from medlite.data.splits import SplitManifest
@@ -209,34 +286,8 @@ def train(
                                   record_indices=data.cached.record_indices).save(out / rundir.SPLITS)
     rundir.write_json(out / rundir.VERSIONS, rundir.library_versions())
 
-    num_classes = len(data.classes)
-    init = resolve_init(t.init)
-    if t.paradigm == "simclr-pw":
-        # Phase 1: SimCLR on the training images as the complete run directory out/pretrain; phase 2 (the rest of
-        # this function) fine-tunes from its encoder.
-        from medlite.paradigms.simclr import PRETRAIN_DIR, pretrain_encoder
-
-        init = str(pretrain_encoder(cfg, out / PRETRAIN_DIR, callbacks=callbacks, progress=progress))
-    model = create_model(t.model, num_classes=num_classes, in_chans=cfg.preprocess.channels, init=init)
-    if getattr(model, "init_report", None) is not None:
-        warnings.warn(f"init {init}: {model.init_report.summary()}", stacklevel=2)
-    train_idx = data.indices("train")
-    weights = class_weights(data.cached.labels[train_idx], num_classes) if t.balance == "loss" else None
-    from medlite.data.augment import XrayAugmentConfig
-
-    augment = {"none": None, "supervised": XrayAugmentConfig.supervised(), "simclr": XrayAugmentConfig.simclr()}
-    task = get_paradigm(t.paradigm).from_config(
-        model, cfg=cfg, data=data, out=out, num_classes=num_classes, in_chans=cfg.preprocess.channels, lr=t.lr,
-        weight_decay=t.weight_decay,
-        optimizer=t.optimizer, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
-        class_weights=None if weights is None else torch.from_numpy(weights), augment=augment[t.augment],
-        seed=t.seed,
-    )
-    split_indices = {s: data.indices(s, labelled_only=task.uses_labels) for s in ("train", "val", "test")}
-    datamodule = XrayDataModule(data.cached.images, data.cached.labels, split_indices, batch_size=t.batch_size,
-                                seed=t.seed, balanced_sampler=t.balance == "sampler" and task.uses_labels,
-                                num_workers=t.num_workers)
-    has_val = len(split_indices["val"]) > 0
+    with _discard_if_unstarted(out, created):
+        model, task, datamodule, has_val = _build_task(cfg, data, out, resume, callbacks, progress)
     if resume:
         # Lightning's CSVLogger starts metrics.csv afresh; keep the epochs logged before the interruption.
         logs = out / "logs" / "metrics.csv"
@@ -244,15 +295,16 @@ def train(
             logs.rename(logs.with_name(f"metrics.before-resume-{len(list(logs.parent.glob('metrics*.csv')))}.csv"))
     ckpt_path = out / rundir.LAST_CKPT if resume and (out / rundir.LAST_CKPT).is_file() else None
     with quiet_lightning():
-        trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress)
+        trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress,
+                                       early_stopping=task.supports_early_stopping)
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"training interrupted; continue with: medlite train --out {out} --resume")
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / rundir.LAST_CKPT
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    model.to(memory_format=torch.contiguous_format)
+    # The whole task: paradigms keep more than the model in it (a projection head, an auxiliary student ...).
+    task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+    task.to(memory_format=torch.contiguous_format)
     task.finalize(data, out)  # e.g. SimCLR's encoder + linear probe, DG's AdaBN
     metrics = finish_run(out, cfg, model, data, history_dir=out / "logs")
     # Read back from history.csv rather than the trainer: with spawned DDP workers the trainer in this

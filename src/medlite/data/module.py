@@ -85,6 +85,8 @@ class XrayDataModule(pl.LightningDataModule):
         seed: shuffling seed.
         balanced_sampler: draw training images in inverse proportion to their class frequency.
         num_workers: DataLoader workers (0 is fastest for a memmap on 2 cores).
+        batch_sampler: ``f(train_labels, epoch_fn) -> batch sampler or None``; a sampler replaces the shuffled
+            batches of the training loader (episodic training yields one episode per batch).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class XrayDataModule(pl.LightningDataModule):
         seed: int = 0,
         balanced_sampler: bool = False,
         num_workers: int = 0,
+        batch_sampler: Callable[[np.ndarray, Callable[[], int]], Sampler[list[int]] | None] | None = None,
     ) -> None:
         super().__init__()
         self.images = images
@@ -106,6 +109,7 @@ class XrayDataModule(pl.LightningDataModule):
         self.seed = seed
         self.balanced_sampler = balanced_sampler
         self.num_workers = num_workers
+        self.batch_sampler = batch_sampler
 
     def _dataset(self, split: str) -> CachedImages:
         return CachedImages(self.images, self.labels, self.split_indices.get(split, np.zeros(0, np.int64)))
@@ -118,6 +122,11 @@ class XrayDataModule(pl.LightningDataModule):
             weights = class_weights(train_labels, int(self.labels.max()) + 1)[train_labels]
         trainer = self.trainer
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+        if self.batch_sampler is not None:
+            episodes = self.batch_sampler(self.labels[dataset.indices], epoch_fn or (lambda: 0))
+            if episodes is not None:
+                return DataLoader(dataset, batch_sampler=episodes, num_workers=self.num_workers,
+                                  persistent_workers=self.num_workers > 0)
         sampler = EpochSeededSampler(len(dataset), self.seed, weights, epoch_fn=epoch_fn)
         # drop_last avoids a final batch of 1, which BatchNorm cannot normalise in training mode.
         drop_last = len(dataset) > self.batch_size

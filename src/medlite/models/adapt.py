@@ -146,7 +146,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _best_prefix(keys: list[str], targets: set[str]) -> str:
+def best_prefix(keys: list[str], targets: set[str]) -> str:
     """The prefix whose removal makes the most checkpoint keys model names (ties: the shortest).
 
     Candidates are ``""`` and the first one or two dotted components of each key, which covers DDP's
@@ -178,7 +178,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> InitReport:
     stem = f"{cfg.first_conv}.weight" if cfg is not None and cfg.first_conv else None
     head = f"{cfg.classifier}." if cfg is not None and cfg.classifier else None
     target = model.state_dict()
-    prefix = _best_prefix(list(state), set(target))
+    prefix = best_prefix(list(state), set(target))
     report = InitReport(path=str(path), prefix=prefix)
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():

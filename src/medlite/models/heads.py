@@ -6,6 +6,7 @@ Paradigms touch only the uniform model interface (STYLE A.8 #3): ``forward_featu
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from medlite.errors import ModelError
@@ -58,3 +59,43 @@ class SimCLRProjectionHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return self.layers(h)
+
+
+class EmbeddingHead(nn.Module):
+    """A linear projection of pooled features to a metric embedding (prototypical networks, METHODS.md §9).
+
+    Linear on purpose: a prototype classifier on a linear embedding is itself linear in the pooled features,
+    so it folds into the model's classifier (:func:`medlite.losses.prototypical.prototype_linear`).
+
+    Args:
+        in_features: width of ``h`` (``model.num_features``).
+        out_features: embedding width (128).
+
+    Shape:
+        (B, in_features) -> (B, out_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int = 128) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ModelError(f"embedding head widths must be >= 1, got {in_features} -> {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.proj = nn.Linear(in_features, out_features)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(h)
+
+
+def set_classifier(model: nn.Module, weight: Tensor, bias: Tensor) -> None:
+    """Copy a (C, D) weight and (C,) bias into the model's final linear layer (or 1x1 conv) in place.
+
+    Raises:
+        ModelError: the classifier is not a linear layer / 1x1 conv of that size.
+    """
+    head = model.get_classifier()
+    if not isinstance(head, (nn.Linear, nn.Conv2d)) or head.weight.numel() != weight.numel():
+        raise ModelError(f"{model.cfg.name}: cannot set a {tuple(weight.shape)} linear classifier on {head}")
+    with torch.no_grad():
+        head.weight.copy_(weight.reshape(head.weight.shape))
+        if head.bias is not None:
+            head.bias.copy_(bias)

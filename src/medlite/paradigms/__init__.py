@@ -5,7 +5,9 @@ from __future__ import annotations
 from medlite.errors import MedliteError
 from medlite.paradigms.base import ClassifierTask
 from medlite.paradigms.domain_gap import DomainGapTask
+from medlite.paradigms.dual_skd import DualSKDTask
 from medlite.paradigms.kd import KDTask
+from medlite.paradigms.protonet import ProtoNetTask
 from medlite.paradigms.simclr import SimCLRTask
 from medlite.paradigms.supervised import SupervisedTask
 
@@ -16,6 +18,8 @@ PARADIGMS: dict[str, type[ClassifierTask]] = {
     "simclr-pw": SupervisedTask,
     "kd": KDTask,
     "dg": DomainGapTask,
+    "dual-skd": DualSKDTask,
+    "protonet": ProtoNetTask,
 }
 
 
@@ -26,4 +30,5 @@ def get_paradigm(name: str) -> type[ClassifierTask]:
     return PARADIGMS[name]
 
 
-__all__ = ["PARADIGMS", "ClassifierTask", "DomainGapTask", "KDTask", "SimCLRTask", "SupervisedTask", "get_paradigm"]
+__all__ = ["PARADIGMS", "ClassifierTask", "DomainGapTask", "DualSKDTask", "KDTask", "ProtoNetTask", "SimCLRTask",
+           "SupervisedTask", "get_paradigm"]

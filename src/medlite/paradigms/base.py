@@ -9,16 +9,20 @@ here once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Sampler
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
 from medlite.data.augment import XrayAugment, XrayAugmentConfig
+from medlite.models.heads import pooled_features
 from medlite.utils.seed import derive_seed
 
 
@@ -28,6 +32,35 @@ def normalise_batch(images: torch.Tensor, mean: float, std: float, in_chans: int
     return x.expand(-1, in_chans, -1, -1) if in_chans != x.shape[1] else x
 
 
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: np.ndarray,
+    indices: np.ndarray,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    head: nn.Module | None = None,
+) -> torch.Tensor:
+    """Pooled features of ``images[indices]`` (uint8 (N, S, S) array or memmap) -> float32 (len(indices), D).
+
+    ``prepare`` maps a uint8 (B, 1, S, S) tensor to the model's input (normalisation, channels); ``head``
+    (e.g. a ProtoNet embedding) is applied to the pooled features when given, and D is then its width. The
+    modes of the model and the head are left as they are (call them in eval mode).
+    """
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = np.sort(indices[start : start + batch_size])  # sorted reads are sequential on a memmap
+        order = np.argsort(np.argsort(indices[start : start + batch_size]))
+        batch = torch.from_numpy(np.ascontiguousarray(images[chunk]))[:, None].to(device)
+        features = pooled_features(model, prepare(batch))
+        if head is not None:
+            features = head(features)
+        out.append(features.float()[torch.from_numpy(order).to(device)])
+    width = int(getattr(model, "num_features", 0) if head is None else getattr(head, "out_features", 0))
+    return torch.cat(out) if out else torch.zeros(0, width, device=device)
+
+
 class ClassifierTask(pl.LightningModule):
     """Train a registered classifier on uint8 batches ``(B, 1, S, S)``.
 
@@ -35,8 +68,11 @@ class ClassifierTask(pl.LightningModule):
         model: a medlite zoo model (uniform interface, ``model.cfg`` set).
         num_classes: number of classes C (>= 2); the model outputs C logits.
         in_chans: channels the model expects (the 1-channel cache is repeated when 3).
-        lr / weight_decay / optimizer: AdamW (default) or SGD with Nesterov momentum 0.9.
-        warmup_epochs: linear warm-up length in epochs (fractions allowed), then cosine decay to 0.
+        lr / weight_decay / optimizer: AdamW (default), Adam (``weight_decay`` as an L2 penalty) or SGD with
+            Nesterov momentum 0.9.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), then the schedule.
+        schedule: ``"cosine"`` (decay to 0 over the run) or ``"step"`` (multiply by ``lr_step_gamma`` every
+            ``lr_step_epochs`` epochs, as PyTorch's ``StepLR``).
         class_weights: float (C,) loss weights, or ``None`` for an unweighted loss.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         augment: batched X-ray-safe augmentation settings, or ``None`` for none.
@@ -45,11 +81,14 @@ class ClassifierTask(pl.LightningModule):
 
     Extension points for paradigms: :meth:`training_loss` (or ``training_step``), :meth:`from_config` (build
     the task from a run config when it needs more than the common settings: teachers, target images ...),
-    :meth:`finalize` (a closing step on the best weights), and :attr:`uses_labels`.
+    :meth:`finalize` (a closing step on the best weights), :meth:`train_batch_sampler` (e.g. episodes),
+    :meth:`lr_factor` (the schedule), :attr:`uses_labels` and :attr:`supports_early_stopping`.
     """
 
     #: ``False`` for self-supervised paradigms: they train on every training image, labelled or not.
     uses_labels: ClassVar[bool] = True
+    #: ``False`` for paradigms whose schedule has stages that must all run (early stopping is then off).
+    supports_early_stopping: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -66,6 +105,9 @@ class ClassifierTask(pl.LightningModule):
         augment: XrayAugmentConfig | None = None,
         seed: int = 0,
         channels_last: bool = True,
+        schedule: str = "cosine",
+        lr_step_epochs: int = 10,
+        lr_step_gamma: float = 0.5,
     ) -> None:
         super().__init__()
         self.model = model
@@ -77,6 +119,9 @@ class ClassifierTask(pl.LightningModule):
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer
         self.warmup_epochs = warmup_epochs
+        self.schedule = schedule
+        self.lr_step_epochs = max(int(lr_step_epochs), 1)
+        self.lr_step_gamma = float(lr_step_gamma)
         self.label_smoothing = label_smoothing
         self.seed = seed
         self.channels_last = channels_last
@@ -93,6 +138,11 @@ class ClassifierTask(pl.LightningModule):
 
     def finalize(self, data: Any, out: Path) -> None:
         """Called on the best weights (in ``self.model``) before the run is evaluated; nothing by default."""
+
+    def train_batch_sampler(self, labels: np.ndarray, epoch_fn: Callable[[], int]) -> Sampler[list[int]] | None:
+        """A batch sampler over the training split (``labels`` int64 (N,)), or ``None`` for seeded shuffled
+        batches; episodic paradigms return one episode per batch."""
+        return None
 
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare_inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
@@ -164,17 +214,25 @@ class ClassifierTask(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if self.optimizer_name == "sgd":
             optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)
+        elif self.optimizer_name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=self.lr)
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(self.trainer.max_epochs or 1, 1)
-        warmup = min(int(self.warmup_epochs * total / epochs), total - 1)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total, epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_factor(self, step: int, total: int, epochs: int) -> float:
+        """Multiplier of the peak learning rate at optimiser step ``step`` of ``total`` (over ``epochs`` epochs).
+
+        Linear warm-up over ``warmup_epochs``, then cosine decay to 0 at ``total``, or ``StepLR``-style steps.
+        """
+        warmup = min(int(self.warmup_epochs * total / epochs), total - 1)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if self.schedule == "step":
+            epoch = int(step * epochs / total)
+            return self.lr_step_gamma ** (epoch // self.lr_step_epochs)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))

@@ -20,7 +20,7 @@ the encoder (``RUNDIR``, ``epochs``): :func:`pretrain_encoder`.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,10 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
 from medlite.data.augment import SimCLRViews, XrayAugmentConfig
-from medlite.errors import MedliteError, ModelError
+from medlite.errors import MedliteError
 from medlite.losses.contrastive import NTXentLoss
-from medlite.models.heads import SimCLRProjectionHead, pooled_features
-from medlite.paradigms.base import ClassifierTask, normalise_batch
+from medlite.models.heads import SimCLRProjectionHead, pooled_features, set_classifier
+from medlite.paradigms.base import ClassifierTask, embed_images, normalise_batch
 from medlite.utils import rundir
 
 #: File name of the pre-trained encoder in a SimCLR run directory (the model without its classifier).
@@ -69,30 +69,6 @@ def knn_predict(
     votes = torch.zeros(query.shape[0], num_classes, device=query.device)
     votes.scatter_add_(1, bank_labels.to(query.device)[idx], (sims / temperature).exp())
     return votes / votes.sum(dim=1, keepdim=True)
-
-
-@torch.no_grad()
-def embed_images(
-    model: nn.Module,
-    images: np.ndarray,
-    indices: np.ndarray,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Pooled features of ``images[indices]`` (uint8 (N, S, S) array or memmap) -> float32 (len(indices), D).
-
-    ``prepare`` maps a uint8 (B, 1, S, S) tensor to the model's input (normalisation, channels); the model's
-    mode is left as it is (call it in eval mode).
-    """
-    out = []
-    for start in range(0, len(indices), batch_size):
-        chunk = np.sort(indices[start : start + batch_size])  # sorted reads are sequential on a memmap
-        order = np.argsort(np.argsort(indices[start : start + batch_size]))
-        batch = torch.from_numpy(np.ascontiguousarray(images[chunk]))[:, None].to(device)
-        out.append(pooled_features(model, prepare(batch)).float()[torch.from_numpy(order).to(device)])
-    width = int(getattr(model, "num_features", 0))
-    return torch.cat(out) if out else torch.zeros(0, width, device=device)
 
 
 class SimCLRTask(ClassifierTask):
@@ -243,17 +219,6 @@ def save_encoder(model: nn.Module, path: Path) -> Path:
     with rundir.atomic_write(path, "wb") as handle:
         handle.write(save(tensors, metadata=metadata))
     return path
-
-
-def set_classifier(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """Copy a (C, D) weight and (C,) bias into the model's final linear layer (or 1x1 conv) in place."""
-    head = model.get_classifier()
-    if not isinstance(head, (nn.Linear, nn.Conv2d)) or head.weight.numel() != weight.numel():
-        raise ModelError(f"{model.cfg.name}: cannot set a {tuple(weight.shape)} linear classifier on {head}")
-    with torch.no_grad():
-        head.weight.copy_(weight.reshape(head.weight.shape))
-        if head.bias is not None:
-            head.bias.copy_(bias)
 
 
 def linear_probe(

@@ -1,0 +1,169 @@
+"""Prototypical networks on any zoo encoder (Snell et al. 2017; METHODS.md §9; the tiny-CNN comparative seed).
+
+Training is episodic: every batch is one N-way K-shot Q-query episode of labelled training images
+(:class:`~medlite.data.episodes.EpisodeSampler`); the encoder's pooled features go through a linear 128-d
+:class:`~medlite.models.heads.EmbeddingHead`; the loss is the cross-entropy of the queries under a softmax over
+negative squared Euclidean distances to the support prototypes.
+
+Validation (every epoch): prototypes of the labelled training images (at most 2,048, a fixed random subset)
+classify the whole validation split (``val_acc``, ``val_auc``, which checkpointing and early stopping follow),
+and ``eval_episodes`` episodes drawn from the validation embeddings give ``val_episode_acc``.
+
+After training (:meth:`ProtoNetTask.finalize`): the prototypes of *all* labelled training images, composed
+with the linear embedding, become the model's linear classifier, so the run's ``model.safetensors`` is an
+ordinary classifier with exactly the ProtoNet probabilities (``metrics.json`` is full test-set
+classification; export, predict and explain work unchanged). The embedding head is saved as
+``embedding.safetensors`` and ``episodic.json`` holds the mean accuracy ± 95 % CI over ``eval_episodes``
+test episodes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+
+from medlite.data.episodes import EpisodeSampler
+from medlite.evaluate.few_shot import EPISODIC, episodic_accuracy, fit_prototype_classifier
+from medlite.losses.prototypical import class_prototypes, prototype_logits, prototypical_loss
+from medlite.models.heads import EmbeddingHead, pooled_features
+from medlite.paradigms.base import ClassifierTask, embed_images
+from medlite.utils import rundir
+from medlite.utils.seed import derive_seed
+
+#: File of the trained embedding head in a ProtoNet run directory.
+EMBEDDING = "embedding.safetensors"
+_BANK_LIMIT = 2048
+
+
+class ProtoNetTask(ClassifierTask):
+    """Episodic prototypical-network training of a zoo encoder with a linear embedding head.
+
+    Args:
+        model: the zoo model (its classifier is replaced by the prototype classifier after training).
+        embedding_dim: width of the embedding (128).
+        n_way: classes per episode (``None``: all).
+        k_shot / q_query: support and query images per class and episode.
+        episodes_per_epoch: training episodes per epoch.
+        eval_episodes: validation and test episodes.
+        bank_images: uint8 (N, S, S) array holding the labelled training images (the cache).
+        bank_indices / bank_labels: the prototype bank for validation (labelled training images).
+        **kwargs: :class:`ClassifierTask` settings; ``batch_size`` does not apply (a batch is an episode).
+    """
+
+    def __init__(self, model: nn.Module, *, embedding_dim: int = 128, n_way: int | None = None, k_shot: int = 5,
+                 q_query: int = 15, episodes_per_epoch: int = 100, eval_episodes: int = 600,
+                 bank_images: np.ndarray | None = None, bank_indices: np.ndarray | None = None,
+                 bank_labels: np.ndarray | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.embedding = EmbeddingHead(model.num_features, embedding_dim)
+        self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
+        self.episodes_per_epoch, self.eval_episodes = episodes_per_epoch, eval_episodes
+        self.bank_images = bank_images
+        self.bank_indices = np.zeros(0, np.int64) if bank_indices is None else np.asarray(bank_indices, np.int64)
+        self.bank_labels = np.zeros(0, np.int64) if bank_labels is None else np.asarray(bank_labels, np.int64)
+        self._val_embeddings: list[torch.Tensor] = []
+
+    @classmethod
+    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> ProtoNetTask:
+        t = cfg.train
+        bank = data.indices("train")
+        if len(bank) > _BANK_LIMIT:
+            bank = np.sort(np.random.default_rng(t.seed).choice(bank, _BANK_LIMIT, replace=False))
+        return cls(model, embedding_dim=t.embedding_dim, n_way=t.n_way, k_shot=t.k_shot, q_query=t.q_query,
+                   episodes_per_epoch=t.episodes_per_epoch, eval_episodes=t.eval_episodes,
+                   bank_images=data.cached.images, bank_indices=bank, bank_labels=data.cached.labels[bank], **kwargs)
+
+    def train_batch_sampler(self, labels: np.ndarray, epoch_fn: Callable[[], int]) -> EpisodeSampler:
+        return EpisodeSampler(labels, n_way=self.n_way, k_shot=self.k_shot, q_query=self.q_query,
+                              episodes=self.episodes_per_epoch, seed=self.seed, epoch_fn=epoch_fn)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared images (B, in_chans, S, S) -> embeddings (B, embedding_dim)."""
+        return self.embedding(pooled_features(self.model, x))
+
+    # -- training ---------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        torch.manual_seed(derive_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
+        images, targets = batch  # one episode: N*K support images (class by class), then the queries
+        classes = torch.unique(targets)
+        n_support = len(classes) * self.k_shot
+        local = torch.searchsorted(classes, targets)
+        emb = self.embed(self.prepare_inputs(images, train=True))
+        loss, acc = prototypical_loss(emb[:n_support], local[:n_support], emb[n_support:], local[n_support:])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets))
+        self.log("train_episode_acc", acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    # -- validation -------------------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        self._val_embeddings.append(self.embed(self.prepare_inputs(images, train=False)).float())
+        self._val_targets.append(targets)
+
+    def _bank_prototypes(self) -> torch.Tensor:
+        bank = embed_images(self.model, self.bank_images, self.bank_indices,
+                            lambda b: self.prepare_inputs(b, train=False), device=self.device, head=self.embedding)
+        labels = torch.from_numpy(self.bank_labels).to(self.device)
+        return class_prototypes(bank, labels, self.num_classes)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_embeddings or self.bank_images is None or len(self.bank_indices) == 0:
+            self._val_embeddings.clear()
+            self._val_targets.clear()
+            return
+        embeddings, targets = torch.cat(self._val_embeddings), torch.cat(self._val_targets)
+        self._val_embeddings.clear()
+        self._val_targets.clear()
+        with torch.no_grad():
+            probs = prototype_logits(embeddings, self._bank_prototypes()).softmax(dim=1)
+        probs = self.all_gather(probs).reshape(-1, self.num_classes)
+        targets = self.all_gather(targets).reshape(-1)
+        present = torch.unique(targets)
+        auc = multiclass_auroc(probs, targets, num_classes=self.num_classes, average=None)[present].mean()
+        self.log("val_acc", multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro"),
+                 prog_bar=True)
+        self.log("val_auc", auc, prog_bar=True)
+        if len(present) >= 2 and int(torch.bincount(targets)[present].min()) > self.k_shot:
+            episodic = episodic_accuracy(embeddings.cpu(), targets.cpu().numpy(), n_way=self.n_way,
+                                         k_shot=self.k_shot, q_query=self.q_query, episodes=self.eval_episodes,
+                                         seed=self.seed)
+            self.log("val_episode_acc", episodic["accuracy"])
+
+    # -- after training -------------------------------------------------------------------------------
+    def finalize(self, data: Any, out: Path) -> None:
+        """Fold the prototypes of every labelled training image into the classifier; score test episodes."""
+        from medlite.models.adapt import save_weights
+
+        model, head = self.model.eval(), self.embedding.eval()
+        device = next(model.parameters()).device
+
+        def prepare(b: torch.Tensor) -> torch.Tensor:
+            return self.prepare_inputs(b, train=False)
+
+        train_idx = data.indices("train")
+        with torch.no_grad():
+            bank = embed_images(model, data.cached.images, train_idx, prepare, device=device, head=head).cpu()
+        fit_prototype_classifier(model, bank, data.cached.labels[train_idx], self.num_classes, head=head)
+        save_weights(head, out / EMBEDDING, metadata={"medlite_part": "protonet_embedding"})
+        split = "test" if len(data.indices("test", labelled_only=False)) else "val"
+        split_idx = data.indices(split, labelled_only=False)
+        counts = np.bincount(data.cached.labels[split_idx], minlength=self.num_classes)
+        if (counts[counts > 0] <= self.k_shot).any() or (counts > 0).sum() < 2:
+            warnings.warn(f"the {split} split has too few images per class for {self.k_shot}-shot episodes "
+                          f"(counts {counts.tolist()}); {EPISODIC} not written", UserWarning, stacklevel=2)
+            return
+        with torch.no_grad():
+            features = embed_images(model, data.cached.images, split_idx, prepare, device=device, head=head).cpu()
+        episodic = episodic_accuracy(features, data.cached.labels[split_idx], n_way=self.n_way, k_shot=self.k_shot,
+                                     q_query=self.q_query, episodes=self.eval_episodes, seed=self.seed)
+        rundir.write_json(out / EPISODIC, {**episodic, "split": split})
+
+
+__all__ = ["EMBEDDING", "ProtoNetTask"]
