@@ -1,218 +1,118 @@
 """HybridNet-XR training paradigms on real data: supervised vs SimCLR pre-warming (-PW) vs distillation (-KD).
 
-Usage::
+Usage (the figures in BENCHMARKS.md came from this)::
 
-    python benchmarks/paradigms.py --data ../shared/data/pediatric-cxr/train \\
-        --data ../shared/data/pneumoniamnist.npz --fractions 0.1 1.0 --img-size 64 --epochs 15 \\
-        --pretrain-epochs 30 --teacher-model resnet18 --out bench-paradigms
+    python benchmarks/paradigms.py --data ../shared/data/pneumoniamnist.npz --img-size 64 \\
+        --data ../shared/data/pediatric-cxr/train --img-size 128 --out bench-paradigms --workers 2 --threads 1
 
-For every ``--data`` source and every labelled fraction it trains
+For every ``--data`` source (each with its own ``--img-size``) and labelled fraction (``--fractions``, default
+10 % and 100 %) it trains
 
-* ``hybridnet_xr_100`` supervised, ``-PW`` (``simclr-pw``: SimCLR on all training images, then fine-tuning on
-  the labelled fraction) and ``-KD`` (``kd``, alpha 0.5, T 4);
-* ``mobilenet_v2`` supervised;
+* ``hybridnet_xr_100`` supervised, ``-PW`` (fine-tuned from a SimCLR encoder pre-trained on all training images,
+  labels ignored, ``--pretrain-epochs``; the pre-training is shared by the fractions) and ``-KD`` (``kd``,
+  alpha 0.5, T 4, teacher ``--teacher-model`` trained supervised on 100 % of the labels);
+* ``mobilenet_v2`` supervised.
 
-and, once per source, the KD teacher: ``--teacher-model`` trained supervised on 100 % of the labels.
-Folder and CSV sources get patient ids from the Kermany file names (``personNNN_...``), so their validation
-and test splits are patient-grouped; MedMNIST npz files keep their official splits. Each run is a separate
-process (so its peak resident memory, ``ru_maxrss``, is its own) writing a normal run directory under
-``--out``. Prints one markdown table: test accuracy, macro AUC, class-wise accuracy (per-class recall),
-wall time (s) and peak memory (MB).
-
-``--subset F`` keeps a stratified share F of every split (of patients, for grouped sources) for quick runs.
+Folder sources get patient ids from the Kermany file names (``personNNN_...``) and one fixed, patient-grouped
+70/10/20 split (``--val-frac``/``--test-frac``); MedMNIST npz files keep their official splits. Every run is a
+fresh process writing a normal run directory under ``--out`` (its wall time, CPU time and peak resident memory
+are its own); finished runs are reused when the script is run again. Prints one Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import resource
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from _runner import Job, machine_line, run_queue, write_split
 
 STUDENT = "hybridnet_xr_100"
 BASELINE = "mobilenet_v2"
 
 
-def _is_npz(data: str) -> bool:
-    return data.lower().endswith(".npz")
+def dataset_name(data: str) -> str:
+    path = Path(data)
+    return path.stem if path.suffix == ".npz" else path.resolve().parent.name if path.name == "train" else path.name
 
 
-def subset_source(data: str, share: float, out_dir: Path, seed: int = 0) -> str:
-    """A copy of ``data`` keeping ``share`` of each split (npz) or of the patients (folder/CSV)."""
-    from medlite.data.sources import open_source
-
-    rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if _is_npz(data):
-        arrays = dict(np.load(data))
-        kept: dict[str, np.ndarray] = {}
-        for split in ("train", "val", "test"):
-            labels = arrays[f"{split}_labels"].reshape(len(arrays[f"{split}_labels"]), -1)[:, 0]
-            idx = np.concatenate(
-                [
-                    rng.permutation(np.flatnonzero(labels == c))[: max(1, round(share * (labels == c).sum()))]
-                    for c in np.unique(labels)
-                ]
-            )
-            kept[f"{split}_images"], kept[f"{split}_labels"] = (
-                arrays[f"{split}_images"][np.sort(idx)],
-                arrays[f"{split}_labels"][np.sort(idx)],
-            )
-        # Keep the file name: medlite names MedMNIST classes after it (pneumoniamnist -> normal, pneumonia).
-        path = out_dir / f"share-{share:g}" / Path(data).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **kept)
-        return str(path)
-    source = open_source(data, group_from_filename=True)
-    groups = sorted({r.group for r in source.records})
-    chosen = set(rng.permutation(groups)[: max(2, round(share * len(groups)))].tolist())
-    path = out_dir / f"{Path(data).name}-{share:g}.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "patient_id"])
-        for r in source.records:
-            if r.group in chosen:
-                writer.writerow([r.item, source.classes[r.label], r.group])
-    return str(path)
+def jobs_for(data: str, size: int, args: argparse.Namespace) -> list[Job]:
+    """The runs of one source: teacher, SimCLR encoder, then four models per fraction."""
+    name = dataset_name(data)
+    root = args.out / name
+    grouped = Path(data).is_dir()
+    split = write_split(data, root / "split.csv", val_frac=args.val_frac, test_frac=args.test_frac,
+                        group_from_filename=grouped)
+    common: dict[str, Any] = {"source": data, "size": size, "epochs": args.epochs, "batch_size": args.batch_size,
+                              "lr": args.lr, "seed": 0, "progress": False, "group_from_filename": grouped,
+                              "split_from": str(split), "early_stopping_patience": 0}
+    teacher, encoder = root / f"teacher-{args.teacher_model}", root / f"{STUDENT}-simclr"
+    jobs = [
+        Job(f"{name}/teacher", {**common, "model": args.teacher_model, "out": str(teacher)},
+            meta={"data": name, "labels": "100 %", "label": f"{args.teacher_model} supervised (KD teacher)"}),
+        Job(f"{name}/simclr", {**common, "model": STUDENT, "paradigm": "simclr", "epochs": args.pretrain_epochs,
+                               "out": str(encoder)},
+            meta={"data": name, "labels": "none (SimCLR)", "label": f"{STUDENT} SimCLR encoder, linear probe"}),
+    ]
+    for fraction in args.fractions:
+        tag = f"{fraction:g}"
+        base = {**common, "fraction": fraction}
+        meta = {"data": name, "labels": f"{fraction:.0%}".replace("%", " %")}
+        jobs += [
+            Job(f"{name}/{tag}/sup", {**base, "model": STUDENT, "out": str(root / f"sup-{tag}")},
+                meta={**meta, "label": f"{STUDENT} supervised"}),
+            Job(f"{name}/{tag}/pw", {**base, "model": STUDENT, "init": str(encoder), "out": str(root / f"pw-{tag}")},
+                after=[f"{name}/simclr"], meta={**meta, "label": f"{STUDENT}-PW (SimCLR, then fine-tuned)"}),
+            Job(f"{name}/{tag}/kd", {**base, "model": STUDENT, "paradigm": "kd", "teacher": [str(teacher)],
+                                     "out": str(root / f"kd-{tag}")},
+                after=[f"{name}/teacher"], meta={**meta, "label": f"{STUDENT}-KD ({args.teacher_model} teacher)"}),
+            Job(f"{name}/{tag}/mnv2", {**base, "model": BASELINE, "out": str(root / f"mnv2-{tag}")},
+                meta={**meta, "label": f"{BASELINE} supervised"}),
+        ]
+    return jobs
 
 
-def _worker(job: dict[str, Any]) -> None:
-    """Child process: train one run and print its numbers as the last line of JSON."""
-    import torch
-
-    if job["threads"]:
-        torch.set_num_threads(int(job["threads"]))
-    from medlite.training import train
-
-    result = train(**job["train"])
-    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    m = result.metrics
-    row = {
-        "accuracy": m["accuracy"],
-        "auc_macro": m["auc_macro"],
-        "n": m["n"],
-        "class_accuracy": {k: v["recall"] for k, v in m["per_class"].items()},
-        "wall_s": result.wall_time_s,
-        "epochs": result.epochs_run,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": peak_gpu,
-    }
-    print(json.dumps(row))
-
-
-def run(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    """Train ``spec`` (keyword arguments of :func:`medlite.training.train`) in a fresh process."""
-    out = Path(spec["out"])
-    if (out / "metrics.json").is_file() and (out / "bench.json").is_file():
-        return json.loads((out / "bench.json").read_text())  # finished earlier: reuse
-    job = json.dumps({"threads": threads, "train": spec})
-    proc = subprocess.run(
-        [sys.executable, __file__, "--_worker", job], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"run {out} failed:\n{proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    (out / "bench.json").write_text(json.dumps(row))
-    return row
+def format_table(results: dict[str, dict[str, Any]], jobs: list[Job]) -> str:
+    """One Markdown row per finished run, in job order."""
+    lines = ["| data | labels | model | accuracy [95% CI] | macro AUC | class-wise accuracy | wall (min) | "
+             "CPU (min) | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for job in jobs:
+        r = results.get(job.name)
+        if r is None:
+            continue
+        m = r["metrics"]
+        classes = ", ".join(f"{k} {v['recall']:.3f}" for k, v in m["per_class"].items())
+        lo, hi = m["ci95"]["accuracy"]
+        lines.append(f"| {job.meta['data']} | {job.meta['labels']} | {job.meta['label']} | {m['accuracy']:.3f} "
+                     f"[{lo:.3f}, {hi:.3f}] | {m['auc_macro']:.3f} | {classes} | {r['wall_s'] / 60:.1f} | "
+                     f"{r['cpu_s'] / 60:.1f} | {r['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", action="append", help="a source (repeat for several); required")
+    parser.add_argument("--data", action="append", required=True, help="a source (repeat for several)")
+    parser.add_argument("--img-size", type=int, action="append", help="input side per --data (default 64)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=30, help="SimCLR epochs of the -PW variant")
     parser.add_argument("--teacher-model", default="resnet18", help="the larger zoo model used as KD teacher")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--subset", type=float, default=None, help="keep this share of each source (quick runs)"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--val-frac", type=float, default=0.1)
+    parser.add_argument("--test-frac", type=float, default=0.2)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("bench-paradigms"))
-    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._worker is not None:
-        _worker(json.loads(args._worker))
-        return
-    if not args.data:
-        parser.error("--data is required")
-
-    rows = []
-    for data in args.data:
-        name = Path(data).stem if _is_npz(data) else Path(data).resolve().parent.name
-        source = subset_source(data, args.subset, args.out / "subsets") if args.subset else data
-        common = {
-            "source": source,
-            "size": args.img_size,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "progress": False,
-            "group_from_filename": Path(source).is_dir(),
-        }
-        teacher = args.out / name / f"teacher-{args.teacher_model}"
-        variants: list[tuple[str, str, dict[str, Any]]] = []
-        for fraction in args.fractions:
-            tag = f"{fraction:g}"
-            variants += [
-                (f"{STUDENT} supervised", tag, {"model": STUDENT}),
-                (
-                    f"{STUDENT}-PW",
-                    tag,
-                    {"model": STUDENT, "paradigm": "simclr-pw", "pretrain_epochs": args.pretrain_epochs},
-                ),
-                (
-                    f"{STUDENT}-KD ({args.teacher_model})",
-                    tag,
-                    {"model": STUDENT, "paradigm": "kd", "teacher": [str(teacher)]},
-                ),
-                (f"{BASELINE} supervised", tag, {"model": BASELINE}),
-            ]
-        teacher_row = run(
-            {**common, "out": str(teacher), "model": args.teacher_model, "fraction": 1.0}, args.threads
-        )
-        rows.append((name, "1 (teacher)", f"{args.teacher_model} supervised", teacher_row))
-        for label, tag, extra in variants:
-            fraction = float(tag)
-            out = args.out / name / f"{label.split(' ')[0]}-{extra.get('paradigm', 'supervised')}-{tag}"
-            rows.append(
-                (
-                    name,
-                    tag,
-                    label,
-                    run({**common, **extra, "fraction": fraction, "out": str(out)}, args.threads),
-                )
-            )
-    print(format_table(rows))
-
-
-def format_table(rows: list[tuple[str, str, str, dict[str, Any]]]) -> str:
-    """One markdown table of all runs."""
-    lines = [
-        "| data | labels | model | accuracy | macro AUC | class-wise accuracy | epochs | wall s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for data, fraction, label, r in rows:
-        classes = ", ".join(f"{k} {v:.3f}" for k, v in r["class_accuracy"].items())
-        memory = f"{r['peak_rss_mb']:.0f}" + (
-            f" (GPU {r['peak_gpu_mb']:.0f})" if r.get("peak_gpu_mb") else ""
-        )
-        auc = "-" if r["auc_macro"] is None else f"{r['auc_macro']:.3f}"
-        lines.append(
-            f"| {data} | {fraction} | {label} | {r['accuracy']:.3f} | {auc} | {classes} | {r['epochs']} | "
-            f"{r['wall_s']:.0f} | {memory} |"
-        )
-    return "\n".join(lines)
+    sizes = args.img_size or [64]
+    if len(sizes) not in (1, len(args.data)):
+        parser.error("give one --img-size, or one per --data")
+    sizes = sizes * len(args.data) if len(sizes) == 1 else sizes
+    jobs = [job for data, size in zip(args.data, sizes, strict=True) for job in jobs_for(data, size, args)]
+    results = run_queue(jobs, workers=args.workers, threads=args.threads)
+    print(f"\n{machine_line(args.threads, args.workers)}\n")
+    print(format_table(results, jobs))
 
 
 if __name__ == "__main__":

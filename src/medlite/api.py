@@ -144,7 +144,7 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[s
     return compare_runs(run_dirs, out)
 
 
-def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 64, epochs: int = 12,
+def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 64, epochs: int = 25,
          models: tuple[str, ...] = ("hybridnet_xr_100", "mobilenet_v2"), progress: bool = True) -> dict[str, Any]:
     """The whole pipeline on built-in phantoms: synthesize, train, evaluate, profile, compare.
 

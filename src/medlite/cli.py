@@ -13,7 +13,6 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.table import Table
 
 from medlite import api
@@ -213,8 +212,10 @@ def evaluate(
                                          out=out)
         console.print(format_metrics(result["metrics"]))
         e = result["episodic"]
-        console.print(f"{e['episodes']} episodes ({e['n_way']}-way {e['k_shot']}-shot): accuracy "
-                      f"{e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f}); wrote {result['out']}")
+        if e is not None:
+            console.print(f"{e['episodes']} episodes ({e['n_way']}-way {e['k_shot']}-shot): accuracy "
+                          f"{e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})")
+        console.print(f"wrote {result['out']}")
         return
     metrics = api.evaluate(run_dir, data=data, split=split, out=out)
     console.print(format_metrics(metrics))
@@ -251,8 +252,10 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="report file (.html; a .md is written beside it)")] = None,
 ) -> None:
     """One table of runs (accuracy, AUC with CIs, params, MACs, memory, latency) and the Pareto frontier."""
+    from medlite.evaluate.report import console_table
+
     result = api.compare(list(run_dirs), out=out)
-    console.print(Markdown(result["markdown"]))
+    console.print(console_table(result["rows"]))
     for path in result["written"]:
         console.print(f"wrote {path}")
 
@@ -261,11 +264,13 @@ def compare(
 @friendly_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
-    epochs: Annotated[int, typer.Option(help="epochs per model")] = 12,
+    epochs: Annotated[int, typer.Option(help="epochs per model")] = 25,
 ) -> None:
     """Synthesize ChestX6 phantoms, train HybridNet-XR-100 and MobileNetV2, evaluate, profile, compare."""
+    from medlite.evaluate.report import console_table
+
     result = api.demo(out, epochs=epochs)
-    console.print(Markdown(result["markdown"]))
+    console.print(console_table(result["rows"]))
     console.print(f"report: {result['written'][0]}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -241,6 +242,7 @@ def _discard_if_unstarted(out: Path, created: bool) -> Iterator[None]:
         if not any((d / rundir.LAST_CKPT).is_file() for d in (out, out / PRETRAIN_DIR)):
             for name in (rundir.CONFIG, rundir.SPLITS, rundir.VERSIONS):
                 (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "logs", ignore_errors=True)
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
@@ -288,16 +290,17 @@ def train(
 
     with _discard_if_unstarted(out, created):
         model, task, datamodule, has_val = _build_task(cfg, data, out, resume, callbacks, progress)
-    if resume:
-        # Lightning's CSVLogger starts metrics.csv afresh; keep the epochs logged before the interruption.
-        logs = out / "logs" / "metrics.csv"
-        if logs.is_file():
-            logs.rename(logs.with_name(f"metrics.before-resume-{len(list(logs.parent.glob('metrics*.csv')))}.csv"))
-    ckpt_path = out / rundir.LAST_CKPT if resume and (out / rundir.LAST_CKPT).is_file() else None
-    with quiet_lightning():
-        trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress,
-                                       early_stopping=task.supports_early_stopping)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        if resume:
+            # Lightning's CSVLogger starts metrics.csv afresh; keep the epochs logged before the interruption.
+            logs = out / "logs" / "metrics.csv"
+            if logs.is_file():
+                count = len(list(logs.parent.glob("metrics*.csv")))
+                logs.rename(logs.with_name(f"metrics.before-resume-{count}.csv"))
+        ckpt_path = out / rundir.LAST_CKPT if resume and (out / rundir.LAST_CKPT).is_file() else None
+        with quiet_lightning():
+            trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress,
+                                           early_stopping=task.supports_early_stopping)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"training interrupted; continue with: medlite train --out {out} --resume")
 

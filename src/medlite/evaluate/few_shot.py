@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,18 @@ def episodic_accuracy(features: torch.Tensor, labels: np.ndarray, *, n_way: int 
     half = 1.96 * sd / math.sqrt(len(accs))
     return {"episodes": episodes, "n_way": ways, "k_shot": k_shot, "q_query": q_query, "accuracy": mean, "sd": sd,
             "ci95": [mean - half, mean + half]}
+
+
+def episodes_possible(labels: np.ndarray, k_shot: int, where: str) -> bool:
+    """Whether ``labels`` (int (N,)) allow K-shot episodes (>= 2 classes, each with more than ``k_shot`` images);
+    warns with the class counts when not."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = counts[counts > 0]
+    if len(present) >= 2 and (present > k_shot).all():
+        return True
+    warnings.warn(f"{where} has too few images per class for {k_shot}-shot episodes (counts {counts.tolist()}); "
+                  f"no episodic accuracy", UserWarning, stacklevel=3)
+    return False
 
 
 def fit_prototype_classifier(model: nn.Module, features: torch.Tensor, labels: np.ndarray, num_classes: int,
@@ -123,14 +136,17 @@ def evaluate_with_prototypes(run_dir: str | Path, *, split: str = "test", n_way:
     target.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_prepared(model, data, split, in_chans, target)
     split_idx = data.indices(split, labelled_only=False)
-    with torch.no_grad():
-        features = embed_images(model, data.cached.images, split_idx, prepare)
-    episodic = episodic_accuracy(features, data.cached.labels[split_idx], n_way=n_way, k_shot=k_shot,
-                                 q_query=q_query, episodes=episodes, seed=cfg.train.seed)
-    episodic["split"] = split
     rundir.write_json(target / "metrics.json", metrics)
-    rundir.write_json(target / EPISODIC, episodic)
+    episodic = None
+    if episodes_possible(data.cached.labels[split_idx], k_shot, f"the {split} split"):
+        with torch.no_grad():
+            features = embed_images(model, data.cached.images, split_idx, prepare)
+        episodic = episodic_accuracy(features, data.cached.labels[split_idx], n_way=n_way, k_shot=k_shot,
+                                     q_query=q_query, episodes=episodes, seed=cfg.train.seed)
+        episodic["split"] = split
+        rundir.write_json(target / EPISODIC, episodic)
     return {"metrics": metrics, "episodic": episodic, "out": str(target)}
 
 
-__all__ = ["EPISODIC", "episodic_accuracy", "evaluate_with_prototypes", "fit_prototype_classifier"]
+__all__ = ["EPISODIC", "episodes_possible", "episodic_accuracy", "evaluate_with_prototypes",
+           "fit_prototype_classifier"]

@@ -130,6 +130,22 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n★ Pareto-optimal for accuracy vs peak training memory.\n"
 
 
+def console_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """A compact ``rich`` table of the comparison for a terminal (the report files hold every column)."""
+    from rich.table import Table
+
+    front = pareto_front(rows, "peak_train_mem_mb")
+    table = Table(caption="★ Pareto-optimal for accuracy vs peak training memory", caption_justify="left")
+    table.add_column("run", overflow="fold", min_width=16)
+    for column in ("accuracy [95% CI]", "AUC", "params", "mem MB", "p50 ms", "★"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row, on_front in zip(rows, front, strict=True):
+        table.add_row(row["run"], f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.2f}-{row['accuracy_ci'][1]:.2f}]",
+                      _fmt(row["auc_macro"]), f"{row['params'] / 1e6:.2f} M", _fmt(row["peak_train_mem_mb"], ".0f"),
+                      _fmt(row["latency_ms_p50"], ".1f"), "★" if on_front else "")
+    return table
+
+
 def frontier_plot(rows: Sequence[dict[str, Any]], cost: str) -> bytes | None:
     """PNG bytes of accuracy vs ``cost`` with the Pareto front drawn, or ``None`` when no row has that cost."""
     points = [(r[cost], r["accuracy"], r["run"]) for r in rows if r.get(cost) is not None]

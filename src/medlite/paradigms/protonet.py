@@ -19,7 +19,6 @@ test episodes.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
-from medlite.data.episodes import EpisodeSampler
-from medlite.evaluate.few_shot import EPISODIC, episodic_accuracy, fit_prototype_classifier
+from medlite.data.episodes import EpisodeSampler, query_counts
+from medlite.evaluate.few_shot import EPISODIC, episodes_possible, episodic_accuracy, fit_prototype_classifier
 from medlite.losses.prototypical import class_prototypes, prototype_logits, prototypical_loss
 from medlite.models.heads import EmbeddingHead, pooled_features
 from medlite.paradigms.base import ClassifierTask, embed_images
@@ -74,6 +73,8 @@ class ProtoNetTask(ClassifierTask):
     def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> ProtoNetTask:
         t = cfg.train
         bank = data.indices("train")
+        labels = data.cached.labels[bank]
+        query_counts(labels, np.unique(labels), t.k_shot, t.q_query)  # fails now, not inside the first epoch
         if len(bank) > _BANK_LIMIT:
             bank = np.sort(np.random.default_rng(t.seed).choice(bank, _BANK_LIMIT, replace=False))
         return cls(model, embedding_dim=t.embedding_dim, n_way=t.n_way, k_shot=t.k_shot, q_query=t.q_query,
@@ -130,7 +131,7 @@ class ProtoNetTask(ClassifierTask):
         self.log("val_acc", multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro"),
                  prog_bar=True)
         self.log("val_auc", auc, prog_bar=True)
-        if len(present) >= 2 and int(torch.bincount(targets)[present].min()) > self.k_shot:
+        if len(present) >= 2 and int(torch.bincount(targets)[present].min()) > self.k_shot:  # silent: every epoch
             episodic = episodic_accuracy(embeddings.cpu(), targets.cpu().numpy(), n_way=self.n_way,
                                          k_shot=self.k_shot, q_query=self.q_query, episodes=self.eval_episodes,
                                          seed=self.seed)
@@ -154,10 +155,7 @@ class ProtoNetTask(ClassifierTask):
         save_weights(head, out / EMBEDDING, metadata={"medlite_part": "protonet_embedding"})
         split = "test" if len(data.indices("test", labelled_only=False)) else "val"
         split_idx = data.indices(split, labelled_only=False)
-        counts = np.bincount(data.cached.labels[split_idx], minlength=self.num_classes)
-        if (counts[counts > 0] <= self.k_shot).any() or (counts > 0).sum() < 2:
-            warnings.warn(f"the {split} split has too few images per class for {self.k_shot}-shot episodes "
-                          f"(counts {counts.tolist()}); {EPISODIC} not written", UserWarning, stacklevel=2)
+        if not episodes_possible(data.cached.labels[split_idx], self.k_shot, f"the {split} split"):
             return
         with torch.no_grad():
             features = embed_images(model, data.cached.images, split_idx, prepare, device=device, head=head).cpu()
