@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
 import medlite
 from medlite import api
 
@@ -26,7 +30,12 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 def test_demo_recipe_reaches_the_accuracy_bar(tmp_path):
     # The demo's recipe (64 px phantoms, lr 3e-3, warm-up + cosine), shortened: 120 instead of 150 phantoms per
     # class, 20 instead of 25 epochs, HybridNet-XR-100 only. `make demo` measured 0.911 (hxr) / 0.828 (mnv2).
-    result = api.demo(tmp_path / "demo", per_class=120, img_size=64, epochs=20, models=("hybridnet_xr_100",),
-                      progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # as `make demo` on the 2-core machine (measured: 0.868)
+    try:
+        result = api.demo(tmp_path / "demo", per_class=120, img_size=64, epochs=20, models=("hybridnet_xr_100",),
+                          progress=False)
+    finally:
+        torch.set_num_threads(threads)
     (row,) = result["rows"]
     assert row["n"] == 144 and row["accuracy"] >= 0.8, row["accuracy"]

@@ -118,26 +118,15 @@ def test_bad_files_are_skipped_or_fatal(tmp_path: Path) -> None:
 
 
 def test_dicom_without_suffix_is_found(tmp_path: Path) -> None:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    pytest.importorskip("pydicom")
+    from dicom_writer import write_dicom
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.Rows, ds.Columns = "MONOCHROME2", 1, 4, 4
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.full((4, 4), 4095, dtype=np.uint16).tobytes()
     (tmp_path / "abnormal").mkdir()
-    ds.save_as(tmp_path / "abnormal" / "1.2.840.10008.99", enforce_file_format=True)
+    write_dicom(tmp_path / "abnormal" / "1.2.840.10008.99", np.full((4, 4), 4095, dtype=np.uint16))
     _png(tmp_path / "normal" / "a.png")
     src = open_source(tmp_path)
     assert [r.name for r in src.records] == ["abnormal/1.2.840.10008.99", "normal/a.png"]
     assert src.read(0).max() == pytest.approx(1.0)
-    del pydicom
 
 
 def test_group_from_filename(tmp_path: Path) -> None:

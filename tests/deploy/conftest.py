@@ -9,7 +9,7 @@ once per image size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,6 @@ from medlite.models import create_model
 from medlite.models.adapt import save_weights
 from medlite.training import prepare_data
 from medlite.utils import rundir
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny batches gain nothing from intra-op threads; on shared cores extra threads only contend.
-    # Module scope, so the setting never leaks into other test folders.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:

@@ -13,36 +13,14 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from dicom_writer import PATIENT_ID, write_dicom
 
 from medlite.deploy import export_run, predict
 from medlite.deploy.onnx_export import EXPORT_DIR, INT8_FILE, ONNX_FILE
 from medlite.errors import DataError, MedliteError, ModelError
 
-PATIENT_NAME = "Doe^Janet"
-PATIENT_ID = "PID-0987654"
 SECRETS = ("Doe", "Janet", PATIENT_ID)
 COLUMNS = ["file", "predicted", "prob_normal", "prob_pneumonia", "threshold", "status"]
-
-
-def _write_dicom(path: Path, pixels: np.ndarray) -> Path:
-    """An uncompressed 12-bit MONOCHROME2 DICOM that carries patient identifiers."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, "19700101"
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture
@@ -58,8 +36,8 @@ def scans(tmp_path: Path) -> Path:
     img = generate_phantom("pneumonia", 64, rng)[0]  # float (64, 64) in [0, 1]
     cv2.imwrite(str(root / "a.png"), np.rint(img[:, 8:56] * 255).astype(np.uint8))  # 64 x 48: letterboxed
     cv2.imwrite(str(root / "sub" / "b.png"), np.rint(img * 65535).astype(np.uint16))
-    _write_dicom(root / "sub" / "deep" / "c.dcm", np.rint(img * 4095))
-    _write_dicom(root / "sub" / "scan0001", np.rint(img.T * 4095))
+    write_dicom(root / "sub" / "deep" / "c.dcm", np.rint(img * 4095).astype(np.uint16))
+    write_dicom(root / "sub" / "scan0001", np.rint(img.T * 4095).astype(np.uint16))
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (root / "notes.txt").write_text("not an image")
     cv2.imwrite(str(root / ".hidden" / "x.png"), np.zeros((8, 8), np.uint8))

@@ -7,8 +7,6 @@ particular to MobileNetV2, SqueezeNet 1.1, EfficientNet-Lite0, OFA-595 and Hybri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -29,15 +27,6 @@ MODELS = [
     "hybridnet_xr_100",
     "hybridnet_xr_150",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny batches gain nothing from intra-op threads and the CI cores are shared.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _n_params(model: nn.Module) -> int:

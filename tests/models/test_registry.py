@@ -7,7 +7,6 @@ two shared cores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,11 @@ from torch import nn
 from medlite.errors import ModelError
 from medlite.models import ModelCfg, create_model, get_model_cfg, list_models, register_model
 from medlite.models.adapt import load_weights, save_weights
+from medlite.models.base import ZooModel
 
 HEAVY = {"vgg19_bn"}  # built twice per run at most; its 25088x4096 linear dominates time and memory
 SIZES = {"vgg19_bn": 32}
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Batch-2 64 px passes are too small to gain from intra-op threads; on shared cores they only contend.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _head_out(module: nn.Module) -> int:
@@ -50,6 +41,7 @@ def test_model_interface(name: str, in_chans: int, num_classes: int, reset_to: i
     stem = model.get_submodule(cfg.first_conv)
     assert isinstance(stem, nn.Conv2d) and stem.in_channels == in_chans
     assert model.get_submodule(cfg.classifier) is model.get_classifier()
+    assert isinstance(model, ZooModel) and type(model).classifier_name == cfg.classifier
     assert _head_out(model.get_classifier()) == num_classes
     cam_out: list[torch.Tensor] = []
     handle = model.get_submodule(cfg.cam_layer).register_forward_hook(lambda m, i, o: cam_out.append(o))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -25,18 +24,6 @@ from medlite.paradigms.domain_gap import SOURCE_BN_DIR, DomainGapTask, adapt_bat
 from medlite.training import train
 
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # tiny tensors gain nothing from threads; on a shared CPU spinning threads cost a lot
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDLITE_CACHE", str(tmp_path_factory.getbasetemp() / "medlite-cache"))
-        yield
-    torch.set_num_threads(threads)
 
 
 def emphysema_vs_normal(per_class: int, seed: int) -> Source:

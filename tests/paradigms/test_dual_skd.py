@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +23,6 @@ from medlite.training import train
 
 TINY = dict(source="synthetic:binary", synthetic_per_class=12, synthetic_size=32, size=32, batch_size=8,
             progress=False)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*self.log.*")
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

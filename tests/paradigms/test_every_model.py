@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -18,17 +15,6 @@ SIZE = 32
 # VGG-19 (140 M parameters, 100 M of them in one linear layer) takes ~20 s here on a shared 2-core CPU; it is
 # still checked as a KD teacher in the default run (test_kd.py), and in every role with `-m slow`.
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n == "vgg19_bn" else n for n in list_models()]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_single_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from threads, and on a shared CPU spinning threads cost a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*self.log.*")
-        yield
-    torch.set_num_threads(threads)
 
 
 def _batch(seed: int, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

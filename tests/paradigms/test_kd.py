@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -34,28 +32,10 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # tiny tensors gain nothing from threads; on a shared CPU spinning threads cost a lot
-    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
-        patch.setenv("MEDLITE_CACHE", str(tmp_path_factory.getbasetemp() / "medlite-cache"))
-        warnings.filterwarnings("ignore", message=".*self.log.*")
-        yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kd") / "teacher"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the autouse one
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDLITE_CACHE", str(tmp_path_factory.getbasetemp() / "medlite-cache"))
-        train(out=out, model="hybridnet_xr_100", epochs=1, **TINY)
-    torch.set_num_threads(threads)
+    train(out=out, model="hybridnet_xr_100", epochs=1, **TINY)
     return out
 
 

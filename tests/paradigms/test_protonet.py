@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +27,9 @@ TINY = dict(source="synthetic:pediatric3", synthetic_per_class=14, synthetic_siz
 PROTO = dict(paradigm="protonet", k_shot=2, q_query=2, episodes_per_epoch=3, eval_episodes=25)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*self.log.*")
-        yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def proto_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("proto") / "run"
-    torch.set_num_threads(1)
     train(out=out, model="hybridnet_xr_50", epochs=2, val_frac=0.25, test_frac=0.25, **PROTO, **TINY)
     return out
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -30,17 +29,6 @@ TINY = dict(
     progress=False,
     early_stopping_patience=0,
 )
-
-
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    # Tiny tensors gain nothing from threads; on a shared CPU spinning threads cost a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDLITE_CACHE", str(tmp_path_factory.getbasetemp() / "medlite-cache"))
-        yield
-    torch.set_num_threads(threads)
 
 
 class CrashOnce(pl.Callback):

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.layers import (
     ConvNormAct,
     DepthwiseSeparableConv,
@@ -113,7 +114,7 @@ class ResidualDSBlock(nn.Module):
         return self.act(self.conv(x) + self.shortcut(x))
 
 
-class HybridNetXR(nn.Module):
+class HybridNetXR(ZooModel):
     """HybridNet-XR backbone and linear head.
 
     Args:
@@ -172,20 +173,6 @@ class HybridNetXR(nn.Module):
         """Average-pool a (B, C, h, w) map; return (B, num_features) if ``pre_logits`` else logits."""
         x = x.mean((2, 3))
         return x if pre_logits else self.classifier(self.drop(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) float images -> (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final ``nn.Linear`` (``classifier``)."""
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the linear head by a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = check_num_classes(num_classes)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-        init_weights(self.classifier)
 
 
 def _xr_cfg(name: str) -> ModelCfg:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.layers import (
     ActFactory,
     ConvNormAct,
@@ -88,7 +89,7 @@ class TorchvisionInvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ZooModel):
     """MobileNetV2 with torchvision's parameter names.
 
     Args:
@@ -98,6 +99,8 @@ class MobileNetV2(nn.Module):
             last conv keeps at least 1280 channels (``1280 * max(1, width_mult)``), as in torchvision.
         drop_rate: dropout before the classifier.
     """
+
+    classifier_name = "classifier.1"
 
     def __init__(
         self, num_classes: int = 1000, in_chans: int = 1, width_mult: float = 1.0, drop_rate: float = 0.2
@@ -128,20 +131,6 @@ class MobileNetV2(nn.Module):
         """Average-pool a (B, C, h, w) map; return (B, num_features) if ``pre_logits`` else logits."""
         x = x.mean((2, 3))
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) float images -> (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final ``nn.Linear`` (``classifier.1``)."""
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the linear head by a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = check_num_classes(num_classes)
-        self.classifier[1] = nn.Linear(self.num_features, num_classes)
-        init_weights(self.classifier)
 
 
 def _v2_cfg(name: str) -> ModelCfg:
@@ -259,7 +248,7 @@ class OFAResidualBlock(nn.Module):
         return self.conv(x) + x if self.identity else self.conv(x)
 
 
-class MobileNetV3OFA(nn.Module):
+class MobileNetV3OFA(ZooModel):
     """A specialised Once-for-All MobileNetV3 subnet with OFA's parameter names.
 
     The head follows MobileNetV3: ``final_expand_layer`` (1x1, BN, h-swish) keeps the spatial map, then
@@ -276,6 +265,8 @@ class MobileNetV3OFA(nn.Module):
         last_channel: width of the feature-mix layer (= ``num_features``).
         drop_rate: dropout before the linear classifier.
     """
+
+    classifier_name = "classifier.linear"
 
     def __init__(
         self,
@@ -323,20 +314,6 @@ class MobileNetV3OFA(nn.Module):
         """Pool (B, C, h, w), feature-mix to (B, num_features); return that if ``pre_logits`` else logits."""
         x = self.feature_mix_layer(x.mean((2, 3), keepdim=True)).flatten(1)
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) float images -> (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final ``nn.Linear`` (``classifier.linear``)."""
-        return self.classifier.linear
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the linear head by a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = check_num_classes(num_classes)
-        self.classifier.linear = nn.Linear(self.num_features, num_classes)
-        init_weights(self.classifier)
 
 
 @register_model(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.registry import ModelCfg, register_model
 
 _PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016 (arXiv:1512.03385)"
@@ -76,7 +77,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(ZooModel):
     """ResNet backbone + global-average-pool + linear head.
 
     Args:
@@ -90,6 +91,11 @@ class ResNet(nn.Module):
         input ``(B, in_chans, H, W)`` float; ``forward_features`` gives ``(B, num_features, H/32, W/32)``;
         ``forward`` gives ``(B, num_classes)`` logits.
     """
+
+    classifier_name = "fc"
+
+    def init_classifier(self, head: nn.Module) -> None:
+        """torchvision leaves ``fc`` at PyTorch's default ``nn.Linear`` initialisation."""
 
     def __init__(
         self,
@@ -151,18 +157,6 @@ class ResNet(nn.Module):
         x = torch.flatten(self.avgpool(x), 1)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` with a freshly initialised ``num_features -> num_classes`` linear."""
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 def _cfg(name: str) -> ModelCfg:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.layers import check_num_classes
 from medlite.models.registry import ModelCfg, register_model
 
@@ -75,7 +76,7 @@ class Fire(nn.Module):
         )
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(ZooModel):
     """SqueezeNet with torchvision's parameter names and a uniform medlite head.
 
     Args:
@@ -84,6 +85,13 @@ class SqueezeNet(nn.Module):
         in_chans: channels of the input image.
         drop_rate: dropout before the classifier (0.5 in torchvision).
     """
+
+    classifier_name = "classifier.1"
+
+    def init_classifier(self, head: nn.Module) -> None:
+        """A small N(0, 0.01) 1x1 conv (torchvision), so initial logits are near zero for every class."""
+        nn.init.normal_(head.weight, 0.0, 0.01)
+        nn.init.zeros_(head.bias)
 
     def __init__(
         self,
@@ -130,22 +138,6 @@ class SqueezeNet(nn.Module):
         """Average-pool (B, 512, h, w); return (B, 512) if ``pre_logits``, else (B, num_classes) logits."""
         x = x.mean((2, 3), keepdim=True)
         return x.flatten(1) if pre_logits else self.classifier(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) float images -> (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final 1x1 ``nn.Conv2d`` (``classifier.1``), which acts as a linear layer on pooled features."""
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the 1x1-conv head by a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = check_num_classes(num_classes)
-        head = nn.Conv2d(self.num_features, num_classes, 1)
-        nn.init.normal_(head.weight, 0.0, 0.01)
-        nn.init.zeros_(head.bias)
-        self.classifier[1] = head
 
 
 @register_model(

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.registry import ModelCfg, register_model
 
 _PAPER = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, ICLR 2015"
@@ -49,7 +50,7 @@ def _make_features(widths: tuple[int | str, ...], in_chans: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(ZooModel):
     """VGG backbone + 7x7 adaptive pool + three-layer MLP classifier.
 
     Args:
@@ -62,6 +63,8 @@ class VGG(nn.Module):
         input ``(B, in_chans, H, W)`` float with ``H, W >= 32``; ``forward_features`` gives
         ``(B, 512, H/16, W/16)``; ``forward`` gives ``(B, num_classes)`` logits.
     """
+
+    classifier_name = "classifier.6"
 
     def __init__(
         self,
@@ -111,21 +114,6 @@ class VGG(nn.Module):
         for layer in list(self.classifier)[:-1]:
             x = layer(x)
         return x if pre_logits else self.classifier[-1](x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer (``classifier.6``)."""
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``classifier.6`` with a freshly initialised ``4096 -> num_classes`` linear."""
-        head = nn.Linear(self.num_features, num_classes)
-        nn.init.normal_(head.weight, 0.0, 0.01)
-        nn.init.zeros_(head.bias)
-        self.classifier[-1] = head
 
 
 @register_model(

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medlite.models.base import ZooModel
 from medlite.models.registry import ModelCfg, register_model
 
 _PAPER = (
@@ -173,7 +174,7 @@ class TokenGrid(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ZooModel):
     """ViT with a class token, learned absolute position embedding and mean-pooled head.
 
     Args:
@@ -193,6 +194,13 @@ class VisionTransformer(nn.Module):
         the patch conv); ``forward_features`` gives ``(B, D, H/16, W/16)``; ``forward`` gives
         ``(B, num_classes)`` logits.
     """
+
+    classifier_name = "head"
+
+    def init_classifier(self, head: nn.Module) -> None:
+        """timm's scheme: truncated-normal(0.02) weight, zero bias."""
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
 
     def __init__(
         self,
@@ -254,20 +262,6 @@ class VisionTransformer(nn.Module):
         """Mean over the grid then ``head``; ``pre_logits`` returns the pooled ``(B, D)`` vector."""
         x = self.head_drop(x.mean(dim=(2, 3)))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer (``head``)."""
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``head`` with a freshly initialised ``D -> num_classes`` linear."""
-        self.head = nn.Linear(self.num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
 
 
 def _cfg(name: str) -> ModelCfg:

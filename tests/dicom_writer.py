@@ -1,0 +1,56 @@
+"""Writes small uncompressed DICOM files (with patient identifiers) for the DICOM, source and predict tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+PATIENT_NAME = "Doe^Janet"
+PATIENT_ID = "PID-0987654"
+SECRETS = ("Doe", "Janet", PATIENT_ID, "19700101")
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    frames: int | None = None,
+) -> Path:
+    """Write an uncompressed DICOM (explicit VR little endian) that carries patient identifiers."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PhotometricInterpretation = photometric
+    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+    if photometric == "RGB":
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if photometric == "RGB" else pixels.shape[-2:]
+    alloc = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = alloc, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
