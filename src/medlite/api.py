@@ -98,20 +98,9 @@ def evaluate_prototypes(run_dir: str | Path, *, split: str = "test", k_shot: int
 
 def paradigm_summary(run_dir: str | Path) -> list[str]:
     """Extra lines a paradigm leaves in its run directory: ProtoNet episodes, which dual-skd student was kept."""
-    from medlite.evaluate.few_shot import EPISODIC
-    from medlite.paradigms.dual_skd import DUAL_SKD
+    from medlite.evaluate.model_card import paradigm_notes
 
-    run_dir, lines = Path(run_dir), []
-    if (run_dir / EPISODIC).is_file():
-        e = rundir.read_json(run_dir / EPISODIC)
-        lines.append(f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot): accuracy "
-                     f"{e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})")
-    if (run_dir / DUAL_SKD).is_file():
-        d = rundir.read_json(run_dir / DUAL_SKD)
-        scores = ", ".join(f"{k} {v['auc_macro']:.3f}" for k, v in d.get("val", {}).items())
-        lines.append(f"dual-skd ({d['mode']}): kept student {d['kept']}" + (f" (val macro AUC {scores})"
-                                                                            if scores else ""))
-    return lines
+    return paradigm_notes(Path(run_dir))
 
 
 evaluate_run = evaluate  # top-level name: ``medlite.evaluate`` is the subpackage of metrics, profile and report

@@ -148,6 +148,8 @@ def test_run_records_kept_student_and_b_curve_and_resumes(tmp_path, teacher_file
     record = json.loads((tmp_path / "full" / DUAL_SKD).read_text())
     assert record["kept"] in ("A", "B") and record["ema_momentum"] == 0.99  # under 2,000 steps
     assert set(record["val"]) == {"A", "B"} and record["stage1_epochs"] == 2
+    card = (tmp_path / "full" / "model_card.md").read_text()
+    assert f"kept student {record['kept']}" in card and "complementary weight selection (uniform)" in card
     with (tmp_path / "full" / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {"val_auc_a", "val_auc_b", "val_acc_b", "val_auc"} <= set(rows[0])

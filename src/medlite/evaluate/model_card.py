@@ -24,6 +24,24 @@ def _split_table(data: Any) -> list[str]:
     return lines
 
 
+def paradigm_notes(run_dir: Path) -> list[str]:
+    """One line per paradigm record in a run directory: ProtoNet test episodes, the dual-skd student kept."""
+    from medlite.evaluate.few_shot import EPISODIC
+    from medlite.paradigms.dual_skd import DUAL_SKD
+
+    lines = []
+    if (run_dir / EPISODIC).is_file():
+        e = rundir.read_json(run_dir / EPISODIC)
+        lines.append(f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot, {e['q_query']} "
+                     f"queries): accuracy {e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})")
+    if (run_dir / DUAL_SKD).is_file():
+        d = rundir.read_json(run_dir / DUAL_SKD)
+        scores = ", ".join(f"{k} {v['auc_macro']:.3f}" for k, v in d.get("val", {}).items())
+        lines.append(f"dual-skd ({d['mode']}): kept student {d['kept']}"
+                     + (f" (val macro AUC {scores})" if scores else f" ({d['reason']})"))
+    return lines
+
+
 def write_model_card(
     out: Path, cfg: RunConfig, data: Any, metrics: dict[str, Any], split: str, n_params: int | None = None
 ) -> Path:
@@ -31,13 +49,18 @@ def write_model_card(
     t, p = cfg.train, cfg.preprocess
     ci = metrics.get("ci95", {})
     labelled = int(data.indices("train").size)
+    init = (f"weight selection ({t.select_method}) from {t.init_select}" if t.init_select
+            else f"complementary weight selection ({t.select_method}) from {t.teacher[0]}" if t.paradigm == "dual-skd"
+            else f"{t.init}" if t.init else "random")
+    schedule = "cosine" if t.schedule == "cosine" else f"x{t.lr_step_gamma} every {t.lr_step_epochs} epochs"
     lines = [
         f"# Model card: {t.model} ({t.paradigm})",
         "",
         "## Data",
         f"- Source: `{cfg.data.source}` ({data.source.kind}); classes: {', '.join(data.classes)}.",
         f"- Labelled training images: {labelled} (fraction {cfg.data.fraction} of the training split, seed {t.seed}).",
-        f"- Unreadable files skipped: {len(data.cached.skipped)}.",
+        f"- Unreadable files skipped: {len(data.cached.skipped)}."
+        + (f" Split shared with `{cfg.data.split_from}`." if cfg.data.split_from else ""),
         "",
         *_split_table(data),
         "",
@@ -48,11 +71,12 @@ def write_model_card(
         "",
         "## Training",
         f"- Model `{t.model}`{'' if n_params is None else f' ({n_params:,} parameters)'}, init "
-        f"`{t.init or 'random'}`, paradigm `{t.paradigm}`.",
+        f"`{init}`, paradigm `{t.paradigm}`.",
         f"- {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, batch {t.batch_size}, up to {t.epochs} epochs,"
-        f" warm-up {t.warmup_epochs} epoch(s) then cosine; label smoothing {t.label_smoothing}; class balance "
+        f" warm-up {t.warmup_epochs} epoch(s) then {schedule}; label smoothing {t.label_smoothing}; class balance "
         f"`{t.balance}`; augmentation `{t.augment}`; early stopping patience {t.early_stopping_patience} on "
         "validation macro AUC.",
+        *(f"- {line}." for line in paradigm_notes(out)),
         "",
         f"## Results ({split} split, n = {metrics['n']})",
         f"- Accuracy {_fmt(metrics['accuracy'])} (95 % CI {_fmt(ci.get('accuracy', [None])[0])}-"
