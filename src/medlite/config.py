@@ -132,6 +132,8 @@ class TrainConfig(BaseModel):
                                  "model of the same family) to select both students from")
             if self.init_select is not None or self.init is not None:
                 raise ValueError("paradigm dual-skd selects its students from --teacher; drop --init/--init-select")
+        if self.paradigm == "protonet" and self.devices * self.num_nodes > 1:
+            raise ValueError("paradigm protonet trains one episode per step in one process; use --devices 1")
         if self.init_select is not None and self.init is not None:
             raise ValueError("give --init or --init-select, not both")
         return self

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medlite.config import load_config
+from medlite.config import build_config, load_config
+from medlite.errors import MedliteError
 from medlite.evaluate.few_shot import episodic_accuracy, evaluate_with_prototypes, fit_prototype_classifier
 from medlite.evaluate.run_eval import load_run_model
 from medlite.losses.prototypical import class_prototypes, prototype_logits
@@ -149,3 +150,10 @@ def test_step_schedule_halves_every_ten_epochs():
     per_epoch, epochs = 20, 30
     factors = [task.lr_factor(e * per_epoch, per_epoch * epochs, epochs) for e in (0, 9, 10, 19, 20, 29)]
     assert factors == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_protonet_settings_are_validated():
+    with pytest.raises(MedliteError, match="protonet trains one episode per step in one process"):
+        build_config(None, paradigm="protonet", devices=2)
+    with pytest.raises(MedliteError, match="k_shot"):
+        build_config(None, paradigm="protonet", k_shot=0)
