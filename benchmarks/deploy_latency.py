@@ -95,7 +95,7 @@ def _calibration(data: str | None, size: int) -> np.ndarray:
 
 
 def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, calib: np.ndarray,
-                workdir: Path) -> dict[str, Any]:
+                workdir: Path, weight_type: str = "uint8") -> dict[str, Any]:
     """Latency p50/p90 (ms, batch 1) and throughput (images/s, batch 32) of one model in three runtimes."""
     torch.set_num_threads(threads)
     model = create_model(name, num_classes=3, in_chans=1).eval()
@@ -105,7 +105,7 @@ def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, cal
                 "output": "logits", "preprocess": PreprocessConfig(size=size).model_dump(mode="json")}
     fp32, int8 = workdir / f"{name}.onnx", workdir / f"{name}.int8.onnx"
     export_onnx(model, fp32, input_size=size, in_chans=1, metadata=contract)
-    quantize_int8(fp32, int8, calib, contract)
+    quantize_int8(fp32, int8, calib, contract, weight_type=weight_type)
     x1 = torch.randn(1, 1, size, size)
     x32 = torch.randn(32, 1, size, size)
     row: dict[str, Any] = {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="finished run directories (accuracy)")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--int8-weights", choices=["uint8", "int8"], default="uint8",
+                        help="int8 weight type of the latency table (uint8 = medlite's export default)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="medlite-deploy-bench-") as tmp:
@@ -198,12 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         calib = _calibration(args.data, args.img_size)
         print(f"CPU: {cpu_name()}; threads {args.threads}; {args.img_size} px; torch {torch.__version__}; "
               f"onnxruntime {ort.__version__}; load average at start {os.getloadavg()[0]:.1f}\n")
-        print("batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s\n")
+        print(f"batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s; int8 weights "
+              f"{args.int8_weights}\n")
         print("| model | params (M) | eager fp32 | ONNX fp32 | ONNX int8 | b32 eager / fp32 / int8 "
               "| int8 size |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
-            r = bench_model(name, args.img_size, args.threads, args.warmup, args.iters, calib, workdir)
+            r = bench_model(name, args.img_size, args.threads, args.warmup, args.iters, calib, workdir,
+                            args.int8_weights)
             cells = [f"{v[0]:.1f} / {v[1]:.1f} ({v[2]:.1f})"
                      for v in (r["eager"], r["onnx_fp32"], r["onnx_int8"])]
             b32 = " / ".join(f"{r[k][3]:.0f}" for k in ("eager", "onnx_fp32", "onnx_int8"))
