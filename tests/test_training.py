@@ -155,3 +155,27 @@ def test_split_from_reuses_a_split_and_redraws_the_fraction(tiny_run, tmp_path):
     assert fractions[0] != fractions[1] and all(len(f) == len(fractions[0]) for f in fractions)
     with pytest.raises(MedliteError, match="no split manifest there"):
         train(out=tmp_path / "bad", model="hybridnet_xr_50", epochs=1, split_from=str(tmp_path / "nothing"), **TINY)
+
+
+class _CtrlC(pl.Callback):
+    """Presses Ctrl-C at the start of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_a_resumable_run_or_leaves_nothing(tmp_path):
+    import signal
+
+    settings = dict(model="hybridnet_xr_50", epochs=2, **TINY)
+    with pytest.raises(KeyboardInterrupt, match="before its first checkpoint, so nothing was kept"):
+        train(out=tmp_path / "early", callbacks=[_CtrlC(0)], **settings)
+    assert not (tmp_path / "early").exists()  # the directory can be used again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    with pytest.raises(KeyboardInterrupt, match="medlite train --out .*late --resume"):
+        train(out=tmp_path / "late", callbacks=[_CtrlC(1)], **settings)
+    assert train(out=tmp_path / "late", resume=True, progress=False).epochs_run == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -233,10 +234,11 @@ def _build_task(cfg: RunConfig, data: PreparedData, out: Path, resume: bool, cal
 
 @contextlib.contextmanager
 def _discard_if_unstarted(out: Path, created: bool) -> Iterator[None]:
-    """On a user error before the first checkpoint, remove the files this run wrote (so ``out`` can be reused)."""
+    """On a user error or an interrupt before the first checkpoint, remove the files this run wrote, so ``out``
+    can be used again (there is nothing to resume)."""
     try:
         yield
-    except MedliteError:
+    except (MedliteError, KeyboardInterrupt):
         from medlite.paradigms.simclr import PRETRAIN_DIR
 
         if not any((d / rundir.LAST_CKPT).is_file() for d in (out, out / PRETRAIN_DIR)):
@@ -300,9 +302,16 @@ def train(
         with quiet_lightning():
             trainer, checkpoint = _trainer(cfg, out, has_val, callbacks, progress,
                                            early_stopping=task.supports_early_stopping)
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.interrupted:
-        raise KeyboardInterrupt(f"training interrupted; continue with: medlite train --out {out} --resume")
+            try:
+                trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+            except SystemExit:
+                # Lightning answers Ctrl-C with a graceful shutdown, then sys.exit(1), and leaves SIGINT ignored.
+                if not trainer.interrupted:
+                    raise
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                hint = (f"continue with: medlite train --out {out} --resume" if (out / rundir.LAST_CKPT).is_file()
+                        else "it stopped before its first checkpoint, so nothing was kept")
+                raise KeyboardInterrupt(f"training interrupted; {hint}") from None
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / rundir.LAST_CKPT
     # The whole task: paradigms keep more than the model in it (a projection head, an auxiliary student ...).

@@ -118,3 +118,10 @@ def test_list_models_pattern_filtering() -> None:
     assert list_models("RESNET*") == resnets  # case-insensitive
     assert list_models("vit_*_patch16") == ["vit_small_patch16", "vit_tiny_patch16"]
     assert list_models("no_such_family*") == []
+
+
+def test_reset_classifier_follows_the_model_dtype() -> None:
+    model = create_model("squeezenet1_1", num_classes=3).double()
+    model.reset_classifier(2)
+    assert model.get_classifier().weight.dtype == torch.float64
+    assert model(torch.randn(1, 1, 64, 64, dtype=torch.float64)).shape == (1, 2)

@@ -48,6 +48,11 @@ def test_consecutive_and_pairs():
             assert len(a) == len(b) == small and not a & b, (big, small, method)  # disjoint when D >= 2d
     # pair 0 equals the single-student rule whenever d divides D
     assert select_indices(12, 4, pair=0).tolist() == select_indices(12, 4).tolist()
+    # exact integer arithmetic: floor(i D/d + pair D/2d), where float32 would be off by one for some pairs
+    for big, small in ((96, 74), (96, 41), (40, 16), (1792, 1280)):
+        for pair in (0, 1):
+            want = [(2 * i * big + pair * big) // (2 * small) for i in range(small)]
+            assert select_indices(big, small, pair=pair).tolist() == want, (big, small, pair)
 
 
 def test_random_rules_are_consistent_per_size_pair_or_not():
@@ -218,3 +223,20 @@ def test_teacher_must_be_a_finished_run_or_a_file(tmp_path):
         select_weights(_model("hybridnet_xr_50"), tmp_path)
     with pytest.raises(ModelError, match="does not exist"):
         select_weights(_model("hybridnet_xr_50"), tmp_path / "missing.safetensors")
+
+
+def test_a_bare_module_or_a_scrambled_position_grid_is_refused():
+    with pytest.raises(ModelError, match="needs a zoo model from create_model"):
+        select_weights(torch.nn.Linear(4, 2), {"weight": torch.zeros(8, 8), "bias": torch.zeros(8)})
+    teacher = _model("vit_small_patch16").state_dict()
+    teacher["pos_embed"] = teacher["pos_embed"][:, :150]  # 149 patch tokens: not a square grid
+    with pytest.raises(ModelError, match="'pos_embed': cannot map 150 teacher tokens to 197"):
+        select_weights(_model("vit_tiny_patch16"), teacher)
+
+
+def test_vit_position_embedding_is_resampled_for_another_input_size():
+    teacher = _model("vit_small_patch16")  # 14 x 14 grid at 224 px
+    student = create_model("vit_tiny_patch16", num_classes=3, img_size=112)  # 7 x 7 grid
+    select_weights(student, teacher)
+    assert student.pos_embed.shape == (1, 1 + 49, 192)
+    torch.testing.assert_close(student.pos_embed[0, 0], teacher.pos_embed[0, 0, select_indices(384, 192)])

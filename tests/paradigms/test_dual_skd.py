@@ -68,11 +68,21 @@ def test_students_get_complementary_selections(teacher_file, mode, a_pair, b_pai
     assert all(p.requires_grad == (mode == "mutual") for p in task.auxiliary.parameters())
 
 
-def test_ema_only_starts_b_as_a_copy(teacher_file):
+def test_ema_only_starts_b_as_a_copy_of_the_single_student_selection(teacher_file):
     task = _task(teacher_file, "ema-only")
     for (k, a), b in zip(task.model.state_dict().items(), task.auxiliary.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert task.selection["B"] == "copy of A"
+    stem = load_file(str(teacher_file))["stem.conv.0.weight"]  # 40 -> 16 channels: linspace rule, not the pair's
+    np.testing.assert_array_equal(task.model.state_dict()["stem.conv.0.weight"].numpy(), stem[select_indices(40, 16)])
+
+
+def test_b_starts_with_a_copy_of_a_classifier(teacher_file):
+    task = _task(teacher_file)
+    for a, b in zip(task.model.get_classifier().parameters(), task.auxiliary.get_classifier().parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert "A's classifier" in task.selection["B"]
 
 
 def _batch():
@@ -129,6 +139,14 @@ def test_config_errors_are_one_line():
         build_config(None, paradigm="dual-skd", teacher=["t"], init_select="t")
     with pytest.raises(MedliteError, match="skd_mode"):
         build_config(None, paradigm="dual-skd", teacher=["t"], skd_mode="both")
+    with pytest.raises(MedliteError, match="skd_alpha must be in"):
+        DualSKDTask(create_model("hybridnet_xr_50", num_classes=2), auxiliary=create_model("hybridnet_xr_50",
+                    num_classes=2), alpha=1.5, num_classes=2)
+
+
+def test_finetune_longer_than_the_run_is_refused(teacher_file):
+    with pytest.raises(MedliteError, match="--finetune-epochs 4 leaves no stage-1 epoch of --epochs 4"):
+        _task(teacher_file, epochs=4, finetune_epochs=4)
 
 
 def test_run_records_kept_student_and_b_curve_and_resumes(tmp_path, teacher_file):

@@ -157,3 +157,28 @@ def test_protonet_settings_are_validated():
         build_config(None, paradigm="protonet", devices=2)
     with pytest.raises(MedliteError, match="k_shot"):
         build_config(None, paradigm="protonet", k_shot=0)
+
+
+def test_the_validation_bank_keeps_every_class():
+    from medlite.paradigms.protonet import stratified_subset
+
+    labels = np.repeat([0, 1, 2], [19990, 4, 6])
+    idx = np.arange(len(labels)) + 100
+    bank = stratified_subset(idx, labels, 2048, seed=0)
+    kept = labels[bank - 100]
+    assert set(np.unique(kept)) == {0, 1, 2} and abs(len(bank) - 2048) <= 3
+    assert len(set(bank.tolist())) == len(bank) and np.all(np.diff(bank) > 0)
+    np.testing.assert_array_equal(stratified_subset(idx[:50], labels[:50], 2048, 0), idx[:50])
+
+
+def test_fold_refuses_a_non_linear_head_and_takes_a_bias_free_one():
+    model = create_model("hybridnet_xr_50", num_classes=2).eval()
+    feats, labels = torch.randn(6, 8), np.array([0, 1] * 3)
+    with pytest.raises(MedliteError, match="embedding head must be linear, not Sequential"):
+        fit_prototype_classifier(model, feats, labels, 2, head=torch.nn.Sequential(torch.nn.Linear(4, 8)))
+    head = torch.nn.Linear(model.num_features, 8, bias=False)
+    fit_prototype_classifier(model, feats, labels, 2, head=head)
+    h = torch.randn(3, model.num_features)
+    protos = class_prototypes(feats, torch.from_numpy(labels), 2)
+    torch.testing.assert_close(model.get_classifier()(h).softmax(1), prototype_logits(head(h), protos).softmax(1),
+                               atol=1e-5, rtol=1e-4)

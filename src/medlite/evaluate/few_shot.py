@@ -87,8 +87,8 @@ def fit_prototype_classifier(model: nn.Module, features: torch.Tensor, labels: n
             ``head(h)`` when ``head`` is given.
         labels: int (N,) their classes.
         num_classes: C; a class without reference images can never be predicted.
-        head: a linear embedding (``h -> W h + b``, e.g. :class:`~medlite.models.heads.EmbeddingHead`) that
-            ``features`` went through; it is folded into the classifier.
+        head: the linear embedding (an ``nn.Linear`` or :class:`~medlite.models.heads.EmbeddingHead`,
+            ``h -> W h + b``) that ``features`` went through; it is folded into the classifier.
 
     Returns:
         The prototypes, float (C, E).
@@ -98,10 +98,14 @@ def fit_prototype_classifier(model: nn.Module, features: torch.Tensor, labels: n
     prototypes = class_prototypes(features.float().cpu(), torch.as_tensor(labels, dtype=torch.int64), num_classes)
     weight, bias = prototype_linear(prototypes)
     if head is not None:
-        linear = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
-        if linear is None or any(isinstance(m, nn.Linear) and m is not linear for m in head.modules()):
-            raise MedliteError("fit_prototype_classifier: the embedding head must be one linear layer")
-        w_e, b_e = linear.weight.detach().float().cpu(), linear.bias.detach().float().cpu()
+        from medlite.models.heads import EmbeddingHead
+
+        linear = head.proj if isinstance(head, EmbeddingHead) else head
+        if not isinstance(linear, nn.Linear):
+            kind = type(head).__name__
+            raise MedliteError(f"fit_prototype_classifier: the embedding head must be linear, not {kind}")
+        w_e = linear.weight.detach().float().cpu()
+        b_e = linear.bias.detach().float().cpu() if linear.bias is not None else torch.zeros(w_e.shape[0])
         # logits = weight (W_e h + b_e) + bias = (weight W_e) h + (weight b_e + bias)
         weight, bias = weight @ w_e, weight @ b_e + bias
     set_classifier(model, weight, bias)

@@ -18,6 +18,9 @@ from torch import Tensor
 
 from medlite.errors import MedliteError
 
+#: Bias of a class without reference images in the linear form: its probability is 0 for every input.
+ABSENT_BIAS = -1e30
+
 
 def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Mean embedding per class.
@@ -50,12 +53,13 @@ def prototype_linear(prototypes: Tensor) -> tuple[Tensor, Tensor]:
     """``(weight (C, D), bias (C,))`` with ``f @ weight.T + bias = prototype_logits(f, prototypes) + ||f||^2``.
 
     The added ``||f||^2`` is the same for every class, so the softmax (and every prediction) is unchanged.
-    Absent (NaN) classes get a zero weight and a bias of -1e4.
+    Absent (NaN) classes get a zero weight and a bias of -1e30, below any logit of a present class (those are
+    ``>= -||f - c_k||^2`` > -1e30 for any finite float32 embedding of reasonable size), so they are never predicted.
     """
     absent = torch.isnan(prototypes).any(dim=1)
     protos = prototypes.float().nan_to_num(0.0)
     bias = -(protos**2).sum(dim=1)
-    return 2.0 * protos, bias.masked_fill(absent, -1e4)
+    return 2.0 * protos, bias.masked_fill(absent, ABSENT_BIAS)
 
 
 def prototypical_loss(support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor) -> tuple[

@@ -51,14 +51,16 @@ class ZooModel(nn.Module):
         init_weights(head)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (same kind and input)."""
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (same kind, input width,
+        device and dtype)."""
         self.num_classes = check_num_classes(num_classes)
         old = self.get_classifier()
         if isinstance(old, nn.Conv2d):
             head: nn.Module = nn.Conv2d(old.in_channels, num_classes, 1)
         else:
-            head = nn.Linear(self.num_features, num_classes)
+            head = nn.Linear(old.in_features, num_classes)
         self.init_classifier(head)
+        head.to(device=old.weight.device, dtype=old.weight.dtype)
         parent, _, child = self.classifier_name.rpartition(".")
         setattr(self.get_submodule(parent) if parent else self, child, head)
 

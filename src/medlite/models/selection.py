@@ -119,9 +119,8 @@ def select_indices(teacher_size: int, student_size: int, method: str = "uniform"
     if pair not in (None, 0, 1):
         raise ModelError(f"pair must be None, 0 or 1, got {pair!r}")
     if method == "uniform":
-        width = big / small
-        if pair is not None:
-            return torch.floor(torch.arange(small) * width + pair * width / 2).long().clamp_(max=big - 1)
+        if pair is not None:  # floor(i * D/d + pair * D/(2d)), in exact integer arithmetic
+            return (2 * torch.arange(small) * big + pair * big) // (2 * small)
         if big % small == 0:
             return torch.arange(small) * (big // small)
         return torch.round(torch.linspace(0, big - 1, small)).long()
@@ -167,9 +166,12 @@ def _prepare_teacher_tensor(student: nn.Module, name: str, value: torch.Tensor, 
     if name.split(".")[-1] == "pos_embed" and value.ndim == 3 and value.shape[1] != want[1]:
         prefix = int(getattr(student, "num_prefix_tokens", 1))
         old_n, new_n = value.shape[1] - prefix, want[1] - prefix
-        old_side, new_side = math.isqrt(old_n), math.isqrt(new_n)
-        if old_side**2 == old_n and new_side**2 == new_n:
-            return resample_pos_embed(value, (new_side, new_side), (old_side, old_side), prefix, antialias=True)
+        old_side, new_side = math.isqrt(max(old_n, 0)), math.isqrt(max(new_n, 0))
+        if old_side**2 != old_n or new_side**2 != new_n or new_n < 1:
+            # Selecting along the token axis would scramble positions.
+            raise ModelError(f"student tensor {name!r}: cannot map {value.shape[1]} teacher tokens to {want[1]} "
+                             f"(not square grids with {prefix} prefix token(s))")
+        return resample_pos_embed(value, (new_side, new_side), (old_side, old_side), prefix, antialias=True)
     return value
 
 
@@ -215,14 +217,16 @@ def select_weights(student: nn.Module, teacher: nn.Module | dict[str, torch.Tens
     prefix = best_prefix(list(state), set(target))
     teacher_tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     cfg = getattr(student, "cfg", None)
-    head = f"{cfg.classifier}." if cfg is not None and cfg.classifier else None
+    if cfg is None or not cfg.classifier:
+        raise ModelError("select_weights needs a zoo model from create_model (its cfg names the classifier to skip)")
+    head = f"{cfg.classifier}."
     report = SelectionReport(teacher=origin, method=method, pair=pair)
     new_state: dict[str, torch.Tensor] = {}
     pairs: set[tuple[int, int]] = set()
     for name, want in target.items():
         if name.endswith("num_batches_tracked"):  # BatchNorm step counters: nothing to select
             continue
-        if head is not None and name.startswith(head):
+        if name.startswith(head):
             report.skipped.append(name)
             continue
         if name not in teacher_tensors:

@@ -10,11 +10,13 @@ optimiser step as an exponential moving average of A, ``theta_B <- m theta_B + (
 Stage 1 loss on each labelled batch (one augmented view into both):
 ``(1 - alpha) * CE(y, z_A) + alpha * T^2 * KL(softmax(z_B / T) || softmax(z_A / T))``, alpha 0.5, T 4
 (:class:`~medlite.losses.distill.KDLoss` with its hard-label weight ``1 - alpha``). Stage 2 fine-tunes A with
-CE alone for ``finetune_epochs`` (10 % of stage 1 by default) at ``lr x finetune_lr_factor`` (0.1).
+CE alone for the last ``finetune_epochs`` of the run (10 % of ``epochs`` by default, so the run's length is the
+same as every other paradigm's) at ``lr x finetune_lr_factor`` (0.1). Weight selection skips classifiers, so B's
+classifier starts as a copy of A's (two unrelated random heads would make the first distillation steps noise).
 
 Ablation switches (``skd_mode``): ``swap`` (A starts from the second subset, B from the first), ``mutual``
 (both trained, each distilling from the other's detached logits; no EMA), ``ema-only`` (B starts as a copy of
-A: mean-teacher self-distillation without complementary selection).
+A, which takes the single-student selection: mean-teacher self-distillation without complementary selection).
 
 Every validation epoch logs A's and B's accuracy and macro AUC (``val_auc_a``, ``val_auc_b``: B's curve is in
 ``history.csv``); checkpointing follows the better of the two (``val_auc``). At the end the better student on
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
+from medlite.errors import MedliteError
 from medlite.losses.distill import KDLoss
 from medlite.paradigms.base import ClassifierTask
 
@@ -81,9 +84,9 @@ class DualSKDTask(ClassifierTask):
                  finetune_lr_factor: float = 0.1, selection: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if mode not in SKD_MODES:
-            from medlite.errors import MedliteError
-
             raise MedliteError(f"skd_mode must be one of {', '.join(SKD_MODES)}, got {mode!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise MedliteError(f"skd_alpha must be in [0, 1], got {alpha!r}")
         self.auxiliary = auxiliary
         self.mode = mode
         self.skd_loss = KDLoss(alpha=1.0 - alpha, temperature=temperature)  # KDLoss weighs the hard-label term
@@ -98,25 +101,41 @@ class DualSKDTask(ClassifierTask):
 
     @classmethod
     def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> DualSKDTask:
-        """Select A and B from ``cfg.train.teacher[0]`` (complementary subsets; ``swap`` exchanges them)."""
+        """Select A and B from ``cfg.train.teacher[0]`` (complementary subsets; ``swap`` exchanges them).
+
+        A resumed run (``out/last.ckpt`` exists) restores both students from its checkpoint, so nothing is
+        selected and the teacher file is not read again.
+        """
         from medlite.models import create_model
         from medlite.models.selection import select_weights
+        from medlite.utils import rundir
 
         t = cfg.train
         teacher = t.teacher[0]
+        stage2 = t.finetune_epochs if t.finetune_epochs is not None else max(1, round(0.1 * t.epochs))
+        if t.finetune_epochs is not None and t.finetune_epochs >= t.epochs:
+            raise MedliteError(f"--finetune-epochs {t.finetune_epochs} leaves no stage-1 epoch of --epochs {t.epochs}")
+        stage2 = min(stage2, t.epochs - 1)
         first, second = (1, 0) if t.skd_mode == "swap" else (0, 1)
-        report_a = select_weights(model, teacher, method=t.select_method, pair=first, seed=t.seed)
+        resumed = (out / rundir.LAST_CKPT).is_file()
+        overlapping: list[tuple[int, int]] = []
         if t.skd_mode == "ema-only":
-            auxiliary, report_b = copy.deepcopy(model), None
+            if not resumed:
+                overlapping = select_weights(model, teacher, method=t.select_method, seed=t.seed).overlapping
+            auxiliary = copy.deepcopy(model)
         else:
             auxiliary = create_model(t.model, num_classes=len(data.classes), in_chans=cfg.preprocess.channels)
-            report_b = select_weights(auxiliary, teacher, method=t.select_method, pair=second, seed=t.seed)
+            if not resumed:
+                report = select_weights(model, teacher, method=t.select_method, pair=first, seed=t.seed)
+                select_weights(auxiliary, teacher, method=t.select_method, pair=second, seed=t.seed)
+                overlapping = report.overlapping
+                auxiliary.get_classifier().load_state_dict(model.get_classifier().state_dict())
         selection = {"teacher": str(teacher), "method": t.select_method,
-                     "A": f"subset {first} of the complementary pair", "B": "copy of A" if report_b is None else
-                     f"subset {second} of the complementary pair", "overlapping_pairs": report_a.overlapping}
-        stage2 = t.finetune_epochs if t.finetune_epochs is not None else max(1, round(0.1 * t.epochs))
+                     "A": "single-student selection" if t.skd_mode == "ema-only" else f"subset {first} of the pair",
+                     "B": "copy of A" if t.skd_mode == "ema-only" else f"subset {second} of the pair, A's classifier",
+                     "overlapping_pairs": overlapping}
         return cls(model, auxiliary=auxiliary, mode=t.skd_mode, alpha=t.skd_alpha, temperature=t.skd_temperature,
-                   momentum=t.ema_momentum, stage1_epochs=t.epochs - min(stage2, t.epochs - 1),
+                   momentum=t.ema_momentum, stage1_epochs=t.epochs - stage2,
                    finetune_lr_factor=t.finetune_lr_factor, selection=selection, **kwargs)
 
     # -- schedule -------------------------------------------------------------------------------------
@@ -173,17 +192,20 @@ class DualSKDTask(ClassifierTask):
             return
         c = self.num_classes
         targets = self.all_gather(torch.cat(self._val_targets)).reshape(-1)
-        scores = {}
+        scores, accs = {}, {}
         for name, chunks in (("a", self._val_probs), ("b", self._val_probs_b)):
             probs = self.all_gather(torch.cat(chunks)).reshape(-1, c)
             scores[name] = _macro_auc(probs, targets, c)
-            self.log(f"val_acc_{name}", multiclass_accuracy(probs, targets, num_classes=c, average="micro"))
+            accs[name] = multiclass_accuracy(probs, targets, num_classes=c, average="micro")
+            self.log(f"val_acc_{name}", accs[name])
             self.log(f"val_auc_{name}", scores[name])
         self._val_probs.clear()
         self._val_probs_b.clear()
         self._val_targets.clear()
-        # Checkpointing (and so the kept epoch) follows the better student.
-        self.log("val_auc", torch.maximum(scores["a"], scores["b"]), prog_bar=True)
+        # Checkpointing (and so the kept epoch) follows the better student; val_acc is that student's.
+        better = "b" if scores["b"] > scores["a"] else "a"
+        self.log("val_auc", scores[better], prog_bar=True)
+        self.log("val_acc", accs[better], prog_bar=True)
 
     # -- after training -------------------------------------------------------------------------------
     def finalize(self, data: Any, out: Path) -> None:

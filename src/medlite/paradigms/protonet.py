@@ -5,7 +5,10 @@ Training is episodic: every batch is one N-way K-shot Q-query episode of labelle
 :class:`~medlite.models.heads.EmbeddingHead`; the loss is the cross-entropy of the queries under a softmax over
 negative squared Euclidean distances to the support prototypes.
 
-Validation (every epoch): prototypes of the labelled training images (at most 2,048, a fixed random subset)
+Episodes are class-balanced by construction (K support images per class), so ``--balance`` and label
+smoothing do not apply to the prototypical loss.
+
+Validation (every epoch): prototypes of the labelled training images (at most ~2,048, a fixed stratified subset)
 classify the whole validation split (``val_acc``, ``val_auc``, which checkpointing and early stopping follow),
 and ``eval_episodes`` episodes drawn from the validation embeddings give ``val_episode_acc``.
 
@@ -41,6 +44,17 @@ EMBEDDING = "embedding.safetensors"
 _BANK_LIMIT = 2048
 
 
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most about ``limit`` of ``indices``, every class kept in proportion and with at least one image
+    (all of them when there are fewer than ``limit``); sorted int64."""
+    if len(indices) <= limit:
+        return np.asarray(indices, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(indices[labels == c], max(1, round(limit * np.mean(labels == c))), replace=False)
+            for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
 class ProtoNetTask(ClassifierTask):
     """Episodic prototypical-network training of a zoo encoder with a linear embedding head.
 
@@ -72,11 +86,10 @@ class ProtoNetTask(ClassifierTask):
     @classmethod
     def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> ProtoNetTask:
         t = cfg.train
-        bank = data.indices("train")
-        labels = data.cached.labels[bank]
+        train_idx = data.indices("train")
+        labels = data.cached.labels[train_idx]
         query_counts(labels, np.unique(labels), t.k_shot, t.q_query)  # fails now, not inside the first epoch
-        if len(bank) > _BANK_LIMIT:
-            bank = np.sort(np.random.default_rng(t.seed).choice(bank, _BANK_LIMIT, replace=False))
+        bank = stratified_subset(train_idx, labels, _BANK_LIMIT, t.seed)
         return cls(model, embedding_dim=t.embedding_dim, n_way=t.n_way, k_shot=t.k_shot, q_query=t.q_query,
                    episodes_per_epoch=t.episodes_per_epoch, eval_episodes=t.eval_episodes,
                    bank_images=data.cached.images, bank_indices=bank, bank_labels=data.cached.labels[bank], **kwargs)
