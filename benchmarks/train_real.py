@@ -4,8 +4,8 @@ Examples (the figures in BENCHMARKS.md came from these):
 
     python benchmarks/train_real.py ../shared/data/pneumoniamnist.npz --models hybridnet_xr_50 hybridnet_xr_100 \
         mobilenet_v2 --img-size 64 --epochs 12 --out bench_runs/pmnist
-    python benchmarks/train_real.py ../shared/data/pediatric-cxr/train --group-from-filename --val-frac 0.2 \
-        --test-frac 0 --models hybridnet_xr_100 mobilenet_v2 --img-size 128 --epochs 10 --out bench_runs/ped128
+    python benchmarks/train_real.py ../shared/data/pediatric-cxr/train --group-from-filename --val-frac 0.1 \
+        --test-frac 0.2 --models hybridnet_xr_100 mobilenet_v2 --img-size 224 --epochs 10 --out bench_runs/ped224
 
 Each run is a normal medlite run directory; the table reports its ``metrics.json`` (test split, or the
 validation split when ``--test-frac 0``), parameters and wall time.
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group-from-filename", action="store_true")
+    parser.add_argument("--split-from", default=None, help="reuse the split of a run directory or manifest CSV")
     parser.add_argument("--patience", type=int, default=0, help="early-stopping patience (0 = off)")
     parser.add_argument("--out", type=Path, default=Path("bench_runs"))
     args = parser.parse_args()
@@ -59,6 +60,7 @@ def main() -> None:
             out=run, source=args.data, model=name, img_size=args.img_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, val_frac=args.val_frac, test_frac=args.test_frac,
             fraction=args.fraction, seed=args.seed, group_from_filename=args.group_from_filename,
+            split_from=args.split_from,
             early_stopping_patience=args.patience, progress=False,
         )
         wall = time.perf_counter() - started
