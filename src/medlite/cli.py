@@ -131,6 +131,9 @@ def train(
                                                               "random")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(help="simclr-pw: epochs of the SimCLR phase")] = None,
     temperature: Annotated[float | None, typer.Option(help="simclr: NT-Xent temperature")] = None,
+    unlabelled: Annotated[list[str] | None, typer.Option(help="simclr, simclr-pw: another source (or plain image "
+                                                              "folder) whose images join SimCLR pre-training, "
+                                                              "labels ignored (repeat for several)")] = None,
     teacher: Annotated[list[str] | None, typer.Option(help="kd: teacher run directory (repeat to average "
                                                               "several); dual-skd: the model to select both "
                                                               "students from")] = None,
@@ -177,7 +180,8 @@ def train(
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
         group_from_filename=_group(group_from_filename), split_from=split_from, resume=resume,
         pretrain_epochs=pretrain_epochs,
-        temperature=temperature, teacher=teacher or None, teacher_model=teacher_model, teacher_init=teacher_init,
+        temperature=temperature, unlabelled=unlabelled or None, teacher=teacher or None, teacher_model=teacher_model,
+        teacher_init=teacher_init,
         kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
     m = result.metrics

@@ -77,6 +77,9 @@ class TrainConfig(BaseModel):
     # SimCLR pre-training (paradigms simclr, simclr-pw; METHODS.md §7): NT-Xent tau, length of the SimCLR phase.
     temperature: float = Field(0.5, gt=0.0)
     pretrain_epochs: int = Field(100, ge=1)
+    # Extra sources whose images (labels ignored; their train split when they define splits) join the SimCLR
+    # training images; the labelled source's training split is always used.
+    unlabelled: list[str] = Field(default_factory=list)
     # Knowledge distillation (paradigm kd; METHODS.md §3): teacher run directories (averaged), or a zoo model
     # with a checkpoint that has the run's classes; loss alpha * CE + (1 - alpha) * T^2 * KL.
     teacher: list[str] = Field(default_factory=list)
@@ -113,9 +116,9 @@ class TrainConfig(BaseModel):
             get_model_cfg(name)  # raises ModelError with close matches
         return name
 
-    @field_validator("teacher", mode="before")
+    @field_validator("teacher", "unlabelled", mode="before")
     @classmethod
-    def _teacher_list(cls, value: object) -> object:
+    def _as_list(cls, value: object) -> object:
         return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
@@ -134,6 +137,9 @@ class TrainConfig(BaseModel):
                 raise ValueError("paradigm dual-skd selects its students from --teacher; drop --init/--init-select")
         if self.paradigm == "protonet" and self.devices * self.num_nodes > 1:
             raise ValueError("paradigm protonet trains one episode per step in one process; use --devices 1")
+        if self.unlabelled and self.paradigm not in ("simclr", "simclr-pw"):
+            raise ValueError(f"--unlabelled adds SimCLR pre-training images; paradigm {self.paradigm} does not use "
+                             f"them (use simclr or simclr-pw)")
         if self.init_select is not None and self.init is not None:
             raise ValueError("give --init or --init-select, not both")
         return self

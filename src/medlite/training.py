@@ -225,11 +225,35 @@ def _build_task(cfg: RunConfig, data: PreparedData, out: Path, resume: bool, cal
         seed=t.seed, schedule=t.schedule, lr_step_epochs=t.lr_step_epochs, lr_step_gamma=t.lr_step_gamma,
     )
     split_indices = {s: data.indices(s, labelled_only=task.uses_labels) for s in ("train", "val", "test")}
-    datamodule = XrayDataModule(data.cached.images, data.cached.labels, split_indices, batch_size=t.batch_size,
+    images, labels = data.cached.images, data.cached.labels
+    if t.unlabelled and t.paradigm == "simclr":  # simclr-pw's fine-tuning phase uses the labelled images only
+        images, labels, split_indices["train"] = _with_unlabelled(t.unlabelled, cfg, images, labels,
+                                                                  split_indices["train"])
+    datamodule = XrayDataModule(images, labels, split_indices, batch_size=t.batch_size,
                                 seed=t.seed, balanced_sampler=t.balance == "sampler" and task.uses_labels,
                                 num_workers=t.num_workers, batch_sampler=task.train_batch_sampler)
     has_val = len(split_indices["val"]) > 0
     return model, task, datamodule, has_val
+
+
+def _with_unlabelled(sources: Sequence[str], cfg: RunConfig, images: np.ndarray, labels: np.ndarray,
+                     train_idx: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Append the images of ``sources`` (preprocessed like ``cfg``) to the training images of a SimCLR run.
+
+    Returns the stacked images (no copy), labels with 0 for the unlabelled images (SimCLR never reads them) and
+    the training indices into the stack.
+    """
+    from medlite.data.unlabelled import StackedImages, load_unlabelled
+
+    arrays, indices, offset = [images], [np.asarray(train_idx, np.int64)], len(images)
+    for spec in sources:
+        extra, use = load_unlabelled(spec, cfg)
+        arrays.append(extra)
+        indices.append(offset + use)
+        offset += len(extra)
+    stacked = StackedImages(arrays)
+    padded = np.concatenate([labels, np.zeros(len(stacked) - len(labels), labels.dtype)])
+    return stacked, padded, np.concatenate(indices)
 
 
 @contextlib.contextmanager

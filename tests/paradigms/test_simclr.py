@@ -139,5 +139,43 @@ def test_cli_exposes_paradigm_options() -> None:
         "--kd-temperature",
         "--target",
         "--coral-weight",
+        "--unlabelled",
     ):
         assert option in result.output, option
+
+
+class TrainSize(pl.Callback):
+    """Records how many images each task's training loader holds."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sizes[type(pl_module).__name__] = len(trainer.train_dataloader.dataset)
+
+
+def test_unlabelled_sources_join_simclr_pretraining_only(tmp_path: Path) -> None:
+    from data.test_unlabelled import write_images
+
+    write_images(tmp_path / "extra", 9, size=48)
+    recorder = TrainSize()
+    out = tmp_path / "pw"
+    train(out=out, paradigm="simclr-pw", epochs=1, pretrain_epochs=1, unlabelled=[str(tmp_path / "extra")],
+          fraction=0.5, callbacks=[recorder], **TINY)
+    with (out / "splits.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    n_train = sum(r["split"] == "train" for r in rows)
+    n_labelled = sum(r["split"] == "train" and r["in_fraction"] == "1" for r in rows)
+    # SimCLR: every training image of the source plus the 9 unlabelled ones; fine-tuning: the labelled ones.
+    assert recorder.sizes == {"SimCLRTask": n_train + 9, "SupervisedTask": n_labelled}
+    assert yaml.safe_load((out / "pretrain" / "config.yaml").read_text())["train"]["unlabelled"] == [
+        str(tmp_path / "extra")
+    ]
+
+
+def test_unlabelled_is_refused_outside_simclr(tmp_path: Path) -> None:
+    from medlite.errors import MedliteError
+
+    with pytest.raises(MedliteError, match="--unlabelled .*paradigm kd"):
+        train(out=tmp_path / "kd", paradigm="kd", teacher=[str(tmp_path)], unlabelled=[str(tmp_path)], **TINY)
+    assert not (tmp_path / "kd").exists()

@@ -11,8 +11,9 @@ Two unsupervised adaptation methods, used together:
   the target images (a cumulative average over all of them), so the deployed model normalises target
   activations with target statistics. Models without batch norm (ViTs, SqueezeNet) get CORAL only.
 
-The target source is preprocessed exactly like the source; its ``train`` split is used when it defines splits
-(so its ``test`` split stays unseen), otherwise all its images. Target labels are never read.
+The target source (:func:`~medlite.data.unlabelled.load_unlabelled`: any source, or a plain folder of images) is
+preprocessed exactly like the source; its ``train`` split is used when it defines splits (so its ``test`` split
+stays unseen), otherwise all its images. Target labels are never read.
 
 Run directory: ``model.safetensors`` is the adapted model (AdaBN applied), the one to deploy on the target
 domain; its ``metrics.json`` scores it on the *source* test split (how much source performance it keeps).
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medlite.data.unlabelled import load_unlabelled
 from medlite.losses.coral import CORALLoss
 from medlite.models.heads import features_and_logits, pooled_features
 from medlite.paradigms.base import ClassifierTask
@@ -108,28 +110,6 @@ def adapt_batchnorm(
     return len(layers)
 
 
-def load_target(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess ``cfg.train.target`` like the source: ``(uint8 (N, S, S) images, indices to adapt to)``."""
-    from medlite.data.cache import build_cache
-    from medlite.data.sources import open_source
-
-    source = open_source(
-        cfg.train.target,
-        strict=cfg.data.strict,
-        seed=cfg.train.seed,
-        synthetic_per_class=cfg.data.synthetic_per_class,
-        synthetic_size=cfg.data.synthetic_size,
-    )
-    cached = build_cache(source, cfg.preprocess, strict=cfg.data.strict, progress=False)
-    splits = np.asarray([source.records[i].split for i in cached.record_indices], dtype=object)
-    use = np.flatnonzero(splits == "train") if source.has_splits else np.arange(len(cached.record_indices))
-    if len(use) < 2:
-        from medlite.errors import DataError
-
-        raise DataError(f"--target {cfg.train.target}: needs at least 2 readable images, found {len(use)}")
-    return cached.images, use
-
-
 class DomainGapTask(ClassifierTask):
     """Source cross-entropy + CORAL towards unlabelled target images; AdaBN on the target after training.
 
@@ -158,7 +138,7 @@ class DomainGapTask(ClassifierTask):
 
     @classmethod
     def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> DomainGapTask:
-        images, indices = load_target(cfg)
+        images, indices = load_unlabelled(cfg.train.target, cfg, option="--target")
         if not batch_norms(model):
             warnings.warn(
                 f"{cfg.train.model} has no batch norm: AdaBN does nothing, DG adapts with CORAL only",

@@ -4,7 +4,8 @@ Chen et al., ICML 2020 (arXiv 2002.05709) adapted to radiographs as METHODS.md Â
 views per image (:class:`~medlite.data.augment.SimCLRViews`: crop, small rotation, flip, brightness/contrast/
 gamma, mild blur and noise; no hue/saturation/grayscale), the encoder's pooled features ``h``, a 2-layer
 projection head to 128-d, NT-Xent with tau 0.5. Labels are ignored: every image of the training split is used,
-labelled or not.
+labelled or not, together with the images of any extra ``unlabelled`` sources (``--unlabelled``: other sources or
+plain image folders, preprocessed like the run's data; see :mod:`medlite.data.unlabelled`).
 
 Monitoring: every validation epoch a weighted k-nearest-neighbour classifier (cosine similarity, k = 20, as in
 Wu et al. 2018 / lightly's ``knn_predict``) labels the validation images from the labelled training images;
