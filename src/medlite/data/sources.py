@@ -11,7 +11,8 @@
   :func:`medlite.data.synthetic.write_phantom_dataset`;
 * a CSV manifest with a header ``path,label[,patient_id][,split][,mask]`` (paths relative to the CSV's
   folder; extra columns ignored);
-* a MedMNIST ``.npz`` (``{train,val,test}_images`` / ``{train,val,test}_labels``) with its official splits.
+* a MedMNIST ``.npz`` (``{train,val,test}_images`` / ``{train,val,test}_labels``) with its official splits
+  (:mod:`medlite.data.medmnist`).
 
 Class indices follow the **sorted class names** (numerically when every label is an integer), so the same
 dataset always maps to the same indices. Discovery checks files cheaply (size, magic bytes, end marker): bad
@@ -26,13 +27,9 @@ import csv
 import os
 import re
 import warnings
-import zipfile
-from bisect import bisect_right
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 
 from medlite.data.imageio import check_image_file, is_image_path, read_image
@@ -40,8 +37,6 @@ from medlite.data.records import SPLIT_NAMES, Record, Source
 from medlite.errors import DataError
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "split", "mask")
-NPZ_KEYS: tuple[str, ...] = tuple(f"{s}_{k}" for s in SPLIT_NAMES for k in ("images", "labels"))
-PNEUMONIAMNIST_CLASSES: list[str] = ["normal", "pneumonia"]
 
 # Patient ids in the Kermany et al. pediatric chest X-ray file names:
 # person123_bacteria_456.jpeg -> person123, IM-0115-0001.jpeg -> IM-0115,
@@ -100,7 +95,9 @@ def open_source(
     if suffix == ".npz":
         if group_fn is not None:
             raise DataError(f"group_from_filename: {path} is an npz and has no file names")
-        return _npz_source(path.resolve(), npz_size=npz_size)
+        from medlite.data.medmnist import npz_source
+
+        return npz_source(path.resolve(), npz_size=npz_size)
     raise DataError(f"{path}: unknown source type (expected {_EXPECTED})")
 
 
@@ -131,7 +128,7 @@ def _sorted_classes(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def _need_two_classes(classes: list[str], where: Path) -> None:
+def need_two_classes(classes: list[str], where: Path) -> None:
     if len(classes) < 2:
         found = f"only {classes[0]!r}" if classes else "none"
         raise DataError(f"needs at least 2 classes, found {found} in {where}")
@@ -184,6 +181,24 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
+def readable_files(
+    paths: list[Path], root: Path, *, strict: bool
+) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Check each image file's header: ``(path, name relative to root)`` of the readable ones and ``(name, reason)``
+    of the others; with ``strict`` the first unreadable file raises :class:`DataError`."""
+    readable, skipped = [], []
+    for path in paths:
+        rel = Path(os.path.relpath(path, root)).as_posix()
+        problem = check_image_file(path)
+        if problem is not None:
+            if strict:
+                raise DataError(f"{path}: {problem}")
+            skipped.append((rel, problem))
+        else:
+            readable.append((path, rel))
+    return readable, skipped
+
+
 def _folder_source(root: Path, *, strict: bool, group_fn: GroupFn | None) -> Source:
     entries = [p for p in sorted(root.iterdir()) if not p.name.startswith(".")]
     if not entries:
@@ -216,7 +231,7 @@ def _folder_source(root: Path, *, strict: bool, group_fn: GroupFn | None) -> Sou
             f"{what} {root} (expected DIR/<class>/<images> or DIR/{{train,val,test}}/<class>/<images>){hint}"
         )
     classes = _sorted_classes({c for _, c, _ in candidates})
-    _need_two_classes(classes, root)
+    need_two_classes(classes, root)
     if loose:
         warnings.warn(
             f"{root}: ignored {loose} image file(s) outside class folders", UserWarning, stacklevel=3
@@ -226,15 +241,11 @@ def _folder_source(root: Path, *, strict: bool, group_fn: GroupFn | None) -> Sou
             f"{root}: ignored empty class folder(s) {sorted(empty - set(classes))}", UserWarning, stacklevel=3
         )
     index = {c: i for i, c in enumerate(classes)}
-    records, skipped, parts = [], [], []
-    for path, cls, split in candidates:
-        rel = Path(os.path.relpath(path, root)).as_posix()
-        problem = check_image_file(path)
-        if problem is not None:
-            if strict:
-                raise DataError(f"{path}: {problem}")
-            skipped.append((rel, problem))
-            continue
+    where = {path: (cls, split) for path, cls, split in candidates}
+    readable, skipped = readable_files(list(where), root, strict=strict)
+    records, parts = [], []
+    for path, rel in readable:
+        cls, split = where[path]
         group = group_fn(path) if group_fn is not None else None
         records.append(Record(item=str(path), label=index[cls], group=group, split=split, name=rel))
         parts.append(_file_part(path, root))
@@ -277,7 +288,7 @@ def _csv_source(path: Path, *, strict: bool, group_fn: GroupFn | None) -> Source
     if not entries:
         raise DataError(f"{path}: manifest has no rows")
     classes = _sorted_classes({cell["label"] for _, cell in entries})
-    _need_two_classes(classes, path)
+    need_two_classes(classes, path)
     index = {c: i for i, c in enumerate(classes)}
     records, skipped, masks, missing_masks = [], [], {}, 0
     parts = [f"manifest|{path.stat().st_size}|{path.stat().st_mtime_ns}"]
@@ -309,109 +320,3 @@ def _csv_source(path: Path, *, strict: bool, group_fn: GroupFn | None) -> Source
         )
     mask_reader = _MaskFiles(masks=masks) if "mask" in col else None
     return Source("csv", str(path), classes, records, _read_file_record, parts, skipped, mask_reader)
-
-
-# --------------------------------------------------------------------------------------------------- npz
-def _npy_shape(npz: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of member ``key`` read from its ``.npy`` header, without decompressing the data."""
-    with npz.open(f"{key}.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = read(fh)
-        return shape, dtype
-
-
-class _NpzReader:
-    """Picklable reader of MedMNIST npz records: ``record.item`` is the index over train + val + test."""
-
-    def __init__(self, path: str, splits: list[tuple[str, int]]) -> None:
-        self.path, self.splits = path, splits  # (split, first global index), in order
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "splits": self.splits, "_arrays": {}}  # never pickle loaded images
-
-    def __call__(self, record: Record) -> np.ndarray:
-        k = bisect_right([start for _, start in self.splits], int(record.item)) - 1
-        split, start = self.splits[k]
-        if split not in self._arrays:
-            # npz members cannot be memory-mapped (MedMNIST's are deflate-compressed), so each split's image
-            # array is decompressed once, on first use, and kept.
-            with np.load(self.path, allow_pickle=False) as npz:
-                self._arrays[split] = npz[f"{split}_images"]
-        img = np.asarray(self._arrays[split][int(record.item) - start])
-        out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
-        if out.ndim == 3:
-            out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY) if out.shape[2] == 3 else out[:, :, 0]
-        return out
-
-
-def _npz_class_names(path: Path, n_seen: int) -> list[str]:
-    flag = path.stem.lower().split("_")[0]  # pneumoniamnist_224.npz -> pneumoniamnist
-    try:
-        # optional: the official label names when the medmnist package is installed
-        from medmnist.info import INFO
-
-        if flag in INFO:
-            names = INFO[flag]["label"]
-            return [names[str(i)] for i in range(len(names))]
-    except ImportError:
-        pass
-    if flag == "pneumoniamnist":
-        return list(PNEUMONIAMNIST_CLASSES)
-    return [f"class{i}" for i in range(n_seen)]
-
-
-def _npz_source(path: Path, *, npz_size: int | None) -> Source:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
-    with zf:
-        keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
-        present = [s for s in SPLIT_NAMES if f"{s}_images" in keys or f"{s}_labels" in keys]
-        if not present or any(f"{s}_{k}" not in keys for s in present for k in ("images", "labels")):
-            raise DataError(
-                f"{path}: not a MedMNIST npz; expected keys {', '.join(NPZ_KEYS)}, "
-                f"found {', '.join(sorted(keys)) or 'none'}"
-            )
-        headers = {s: _npy_shape(zf, f"{s}_images") for s in present}
-    with np.load(path, allow_pickle=False) as npz:
-        labels = {s: np.asarray(npz[f"{s}_labels"]) for s in present}
-    records, splits, start = [], [], 0
-    for s in present:
-        shape, dtype = headers[s]
-        lab = labels[s]
-        if lab.ndim == 2 and lab.shape[1] > 1:
-            raise DataError(
-                f"{path}: multi-label npz ({s}_labels has {lab.shape[1]} columns) is not supported yet"
-            )
-        lab = lab.reshape(-1)
-        if (
-            len(shape) not in (3, 4)
-            or (len(shape) == 4 and shape[3] not in (1, 3))
-            or dtype not in (np.uint8, np.uint16)
-        ):
-            raise DataError(
-                f"{path}: {s}_images must be uint8/uint16 (N, H, W) or (N, H, W, 3), got {dtype} {shape}"
-            )
-        if shape[0] != lab.shape[0] or not np.issubdtype(lab.dtype, np.integer) or (lab < 0).any():
-            raise DataError(
-                f"{path}: {s}_labels must be {shape[0]} non-negative integers, "
-                f"got {lab.dtype} {labels[s].shape}"
-            )
-        if npz_size is not None and shape[1:3] != (npz_size, npz_size):
-            raise DataError(f"{path}: images are {shape[1]}x{shape[2]}, not npz_size={npz_size}")
-        splits.append((s, start))
-        records += [Record(start + i, int(y), None, s, f"{s}/{i}") for i, y in enumerate(lab)]
-        start += shape[0]
-    n_seen = max(r.label for r in records) + 1 if records else 0
-    classes = _npz_class_names(path, n_seen)
-    if n_seen > len(classes):
-        raise DataError(f"{path}: labels go up to {n_seen - 1} but the dataset has {len(classes)} classes")
-    _need_two_classes(classes, path)
-    st = path.stat()
-    reader = _NpzReader(str(path), splits)
-    return Source("npz", str(path), classes, records, reader, [f"{path}|{st.st_size}|{st.st_mtime_ns}"])

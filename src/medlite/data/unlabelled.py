@@ -8,14 +8,12 @@ like the run's own data (same cache, same settings), so every array has the run'
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medlite.data.imageio import check_image_file
 from medlite.data.records import SPLIT_NAMES, Record, Source
 from medlite.errors import DataError
 
@@ -44,19 +42,11 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
 
 
 def _image_folder(root: Path, *, strict: bool) -> Source:
-    from medlite.data.sources import _file_part, _note_skipped, _read_file_record, _walk
+    from medlite.data.sources import _file_part, _note_skipped, _read_file_record, _walk, readable_files
 
-    records, skipped, parts = [], [], []
-    for path in _walk(root):
-        rel = Path(os.path.relpath(path, root)).as_posix()
-        problem = check_image_file(path)
-        if problem is not None:
-            if strict:
-                raise DataError(f"{path}: {problem}")
-            skipped.append((rel, problem))
-            continue
-        records.append(Record(item=str(path), label=0, name=rel))
-        parts.append(_file_part(path, root))
+    readable, skipped = readable_files(_walk(root), root, strict=strict)
+    records = [Record(item=str(path), label=0, name=rel) for path, rel in readable]
+    parts = [_file_part(path, root) for path, _ in readable]
     if not records:
         raise DataError(f"{root}: no readable image files in it (an unlabelled source needs images)")
     _note_skipped(skipped, root)
