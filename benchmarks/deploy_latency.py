@@ -183,7 +183,8 @@ def _startup_s(onnx_path: Path, size: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(STUDENTS), help="registered model names")
+    parser.add_argument("--models", nargs="*", default=list(STUDENTS),
+                        help="registered model names (none: skip the latency table)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", default=None, help="source for int8 calibration / accuracy (optional)")
@@ -200,11 +201,12 @@ def main(argv: list[str] | None = None) -> None:
         calib = _calibration(args.data, args.img_size)
         print(f"CPU: {cpu_name()}; threads {args.threads}; {args.img_size} px; torch {torch.__version__}; "
               f"onnxruntime {ort.__version__}; load average at start {os.getloadavg()[0]:.1f}\n")
-        print(f"batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s; int8 weights "
-              f"{args.int8_weights}\n")
-        print("| model | params (M) | eager fp32 | ONNX fp32 | ONNX int8 | b32 eager / fp32 / int8 "
-              "| int8 size |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        if args.models:
+            print(f"batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s; int8 weights "
+                  f"{args.int8_weights}\n")
+            print("| model | params (M) | eager fp32 | ONNX fp32 | ONNX int8 | b32 eager / fp32 / int8 "
+                  "| int8 size |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
             r = bench_model(name, args.img_size, args.threads, args.warmup, args.iters, calib, workdir,
                             args.int8_weights)
@@ -213,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             b32 = " / ".join(f"{r[k][3]:.0f}" for k in ("eager", "onnx_fp32", "onnx_int8"))
             print(f"| {name} | {r['params_m']:.2f} | {' | '.join(cells)} | {b32} | "
                   f"1/{r['int8_size_ratio']:.1f} |", flush=True)
-        first = workdir / f"{args.models[0]}.onnx"
-        print(f"\nstart-up of `predict` with {first.name} on one image (fresh process, no torch): "
-              f"{_startup_s(first, args.img_size):.2f} s")
+        if args.models:
+            first = workdir / f"{args.models[0]}.onnx"
+            print(f"\nstart-up of `predict` with {first.name} on one image (fresh process, no torch): "
+                  f"{_startup_s(first, args.img_size):.2f} s")
         if args.runs:
             print("\n| run | model | images | acc eager fp32 | acc ONNX int8 | change | int8 agreement "
                   "| max prob diff |")
