@@ -171,6 +171,7 @@ def test_unlabelled_sources_join_simclr_pretraining_only(tmp_path: Path) -> None
     assert yaml.safe_load((out / "pretrain" / "config.yaml").read_text())["train"]["unlabelled"] == [
         str(tmp_path / "extra")
     ]
+    assert f"also used the images of `{tmp_path / 'extra'}`" in (out / "model_card.md").read_text()
 
 
 def test_unlabelled_is_refused_outside_simclr(tmp_path: Path) -> None:

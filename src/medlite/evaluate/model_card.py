@@ -61,6 +61,8 @@ def write_model_card(
         f"- Labelled training images: {labelled} (fraction {cfg.data.fraction} of the training split, seed {t.seed}).",
         f"- Unreadable files skipped: {len(data.cached.skipped)}."
         + (f" Split shared with `{cfg.data.split_from}`." if cfg.data.split_from else ""),
+        *([f"- SimCLR pre-training also used the images of {', '.join(f'`{u}`' for u in t.unlabelled)} "
+           "(labels ignored; their train split where they define one)."] if t.unlabelled else []),
         "",
         *_split_table(data),
         "",
