@@ -157,6 +157,20 @@ def test_split_from_reuses_a_split_and_redraws_the_fraction(tiny_run, tmp_path):
         train(out=tmp_path / "bad", model="hybridnet_xr_50", epochs=1, split_from=str(tmp_path / "nothing"), **TINY)
 
 
+def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    from medlite.data.synthetic import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "xrays", classes="binary", per_class=15, size=32)
+    monkeypatch.chdir(tmp_path)
+    settings = {**TINY, "source": "xrays"}
+    run = train(out="run", model="hybridnet_xr_50", epochs=1, limit_train_batches=1, **settings).run_dir
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["source"] == str(tmp_path / "xrays")
+    monkeypatch.chdir(tmp_path / "run")  # the run still evaluates from another working directory
+    assert api.evaluate(tmp_path / "run", out=tmp_path / "eval")["n"] > 0
+    assert str(run) == "run"
+
+
 class _CtrlC(pl.Callback):
     """Presses Ctrl-C at the start of epoch ``epoch``."""
 

@@ -157,6 +157,28 @@ class RunConfig(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def with_absolute_paths(self) -> RunConfig:
+        """A copy whose paths that exist (source, split, init, teacher, target, unlabelled) are absolute.
+
+        A run directory is read from wherever the user stands later (``evaluate``, ``export``, ``--resume``),
+        so paths relative to the training working directory would stop resolving. Built-in names such as
+        ``synthetic`` and paths that do not exist are kept as given.
+        """
+
+        def absolute(value: str | None) -> str | None:
+            if value is None or value.split(":", 1)[0] == "synthetic" or not Path(value).exists():
+                return value
+            return str(Path(value).resolve())
+
+        data = self.data.model_copy(update={"source": absolute(self.data.source),
+                                            "split_from": absolute(self.data.split_from)})
+        t = self.train
+        train = t.model_copy(update={
+            "init": absolute(t.init), "init_select": absolute(t.init_select), "teacher_init": absolute(t.teacher_init),
+            "target": absolute(t.target), "teacher": [absolute(p) for p in t.teacher],
+            "unlabelled": [absolute(p) for p in t.unlabelled]})
+        return self.model_copy(update={"data": data, "train": train})
+
 
 def _one_line(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]

@@ -129,10 +129,12 @@ def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, ove
     if out.exists() and (out / rundir.CONFIG).exists():
         raise MedliteError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
     if isinstance(config, RunConfig):
-        return build_config(config.model_dump(mode="json"), **overrides)
-    if config is not None:
-        return load_config(config, **overrides)
-    return build_config(None, **overrides)
+        cfg = build_config(config.model_dump(mode="json"), **overrides)
+    elif config is not None:
+        cfg = load_config(config, **overrides)
+    else:
+        cfg = build_config(None, **overrides)
+    return cfg.with_absolute_paths()
 
 
 @contextlib.contextmanager
