@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -12,6 +13,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from medlite import api
+from medlite.config import build_config
 from medlite.errors import MedliteError
 from medlite.training import train
 
@@ -162,10 +164,12 @@ def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch):
 
     write_phantom_dataset(tmp_path / "xrays", classes="binary", per_class=15, size=32)
     monkeypatch.chdir(tmp_path)
-    settings = {**TINY, "source": "xrays"}
+    settings = {**TINY, "source": Path("xrays")}  # a pathlib.Path is accepted wherever a path string is
     run = train(out="run", model="hybridnet_xr_50", epochs=1, limit_train_batches=1, **settings).run_dir
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["data"]["source"] == str(tmp_path / "xrays")
+    cfg = build_config(None, paradigm="simclr", unlabelled=[Path("xrays")], split_from=Path("run"))
+    assert (cfg.data.split_from, cfg.train.unlabelled) == ("run", ["xrays"])
     monkeypatch.chdir(tmp_path / "run")  # the run still evaluates from another working directory
     assert api.evaluate(tmp_path / "run", out=tmp_path / "eval")["n"] > 0
     assert str(run) == "run"

@@ -197,6 +197,11 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
     for key, value in overrides.items():
         if value is None:
             continue
+        # Python callers pass pathlib paths; the config stores (and writes to YAML) plain strings.
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         section = next((s for s, model in sections.items() if key in model.model_fields), None)
         if section is None:
             raise MedliteError(f"unknown setting {key!r}")
