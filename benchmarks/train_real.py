@@ -3,9 +3,13 @@
 Examples (the figures in BENCHMARKS.md came from these):
 
     python benchmarks/train_real.py ../shared/data/pneumoniamnist.npz --models hybridnet_xr_50 hybridnet_xr_100 \
-        mobilenet_v2 --img-size 64 --epochs 12 --out bench_runs/pmnist
-    python benchmarks/train_real.py ../shared/data/pediatric-cxr/train --group-from-filename --val-frac 0.1 \
-        --test-frac 0.2 --models hybridnet_xr_100 mobilenet_v2 --img-size 224 --epochs 10 --out bench_runs/ped224
+        mobilenet_v2 --img-size 64 --epochs 15 --batch-size 64 --lr 2e-3 --out bench_runs/pmnist
+    python benchmarks/train_real.py ../shared/data/pediatric-cxr/train --group-from-filename \
+        --shared-split bench_runs/ped-split.csv --models hybridnet_xr_50 hybridnet_xr_100 --img-size 224 \
+        --epochs 15 --batch-size 64 --lr 2e-3 --out bench_runs/ped
+
+``--shared-split FILE`` draws one stratified (with ``--group-from-filename``: patient-grouped) split the first
+time, saves it as a manifest and trains every model, in this call and later ones, on exactly that split.
 
 Each run is a normal medlite run directory; the table reports its ``metrics.json`` (test split, or the
 validation split when ``--test-frac 0``), parameters and wall time.
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from _runner import write_split
 
 import medlite
 from medlite.evaluate.profile import count_parameters
@@ -47,10 +52,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group-from-filename", action="store_true")
     parser.add_argument("--split-from", default=None, help="reuse the split of a run directory or manifest CSV")
+    parser.add_argument("--shared-split", type=Path, default=None,
+                        help="manifest CSV of one split for every run: drawn and written if it does not exist")
     parser.add_argument("--patience", type=int, default=0, help="early-stopping patience (0 = off)")
     parser.add_argument("--out", type=Path, default=Path("bench_runs"))
     args = parser.parse_args()
 
+    split_from = args.split_from
+    if args.shared_split is not None:
+        split_from = write_split(args.data, args.shared_split, seed=args.seed, val_frac=args.val_frac,
+                                 test_frac=args.test_frac, group_from_filename=args.group_from_filename,
+                                 size=args.img_size)
     rows = []
     for name in args.models:
         run = args.out / f"{name}-{args.img_size}px-s{args.seed}"
@@ -60,7 +72,7 @@ def main() -> None:
             out=run, source=args.data, model=name, img_size=args.img_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, val_frac=args.val_frac, test_frac=args.test_frac,
             fraction=args.fraction, seed=args.seed, group_from_filename=args.group_from_filename,
-            split_from=args.split_from,
+            split_from=split_from,
             early_stopping_patience=args.patience, progress=False,
         )
         wall = time.perf_counter() - started

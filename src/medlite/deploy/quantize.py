@@ -12,7 +12,7 @@ Recipe (``onnxruntime.quantization``):
    * weights **per output channel** (depthwise convolutions have very different ranges per channel, and one
      scale per tensor would wipe out the small ones);
    * weights and activations **uint8** (U8U8), not the usual uint8-activation / int8-weight (U8S8) pair.
-     On x86 CPUs without VNNI (AVX2 and plain AVX-512, e.g. the AMD EPYC this was developed on), ONNX
+     On x86 CPUs without VNNI (AVX2 and plain AVX-512, e.g. the first development machine, an AMD EPYC), ONNX
      Runtime's U8S8 kernels add pairs of u8 x s8 products in int16, which saturates: a hybridnet_xr_100
      trained on phantoms kept only 68 % top-1 agreement with fp32 (U8S8) against 99.1 % (U8U8);
      ``reduce_range`` (7-bit weights) gave 97.8 %. U8U8 is exact on every CPU;
