@@ -150,6 +150,8 @@ def test_export_predict_and_explain(trained, phantoms, tmp_path):
     assert result.exit_code == 0, result.output
     onnx_file = tmp_path / "export" / "model.onnx"
     assert onnx_file.is_file() and (tmp_path / "export" / "parity.json").is_file()
+    assert_one_line_error(invoke("export", trained, "--int8-weights", "int8", "--out", tmp_path / "x"), "add --int8")
+    assert not (tmp_path / "x").exists()
     images = phantoms / "viral"
     result = invoke("predict", onnx_file, images, "--out", tmp_path / "pred.csv")
     assert result.exit_code == 0, result.output

@@ -286,14 +286,17 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="also write an int8 statically quantised model")] = False,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: medlite's pinned one)")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default RUNDIR/export)")] = None,
+    int8_weights: Annotated[str | None, typer.Option(
+        "--int8-weights", help="int8 weight type: uint8 (default, exact on every x86 CPU) or int8 (faster on "
+                               "CPUs with VNNI, wrong on CPUs without it)")] = None,
 ) -> None:
     """Export to ONNX (dynamic batch, preprocessing contract in the metadata) with an ONNX Runtime parity check."""
     from medlite.deploy import export_run
     from medlite.deploy.onnx_export import describe_report
 
     kwargs = {"opset": opset} if opset is not None else {}
-    console.print(describe_report(export_run(run_dir, format=format, int8=int8, out=out, **kwargs)),
-                  highlight=False)
+    report = export_run(run_dir, format=format, int8=int8, out=out, int8_weights=int8_weights, **kwargs)
+    console.print(describe_report(report), highlight=False)
 
 
 @app.command()

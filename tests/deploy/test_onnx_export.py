@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from medlite.deploy import describe_report, export_run, read_metadata
@@ -116,6 +117,17 @@ def test_binary_threshold_and_int8(binary_export: tuple[Path, dict[str, Any]]) -
     assert len(summary) == 3 and summary[1].lstrip().startswith("fp32:") and "int8" in summary[2]
 
 
+def test_int8_weight_type_is_selectable(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    """``int8_weights="int8"`` writes signed (U8S8) weights; the default stays unsigned (U8U8)."""
+    run = make_run("hybridnet_xr_50", size=32)
+    report = export_run(run, int8=True, int8_weights="int8", out=tmp_path)
+    assert report["int8"]["weight_type"].startswith("int8")
+    graph = onnx.load(str(tmp_path / INT8_FILE)).graph
+    weight_types = {init.data_type for init in graph.initializer if init.name.endswith("_quantized")}
+    assert onnx.TensorProto.INT8 in weight_types and onnx.TensorProto.UINT8 not in weight_types
+    assert read_metadata(tmp_path / INT8_FILE)["quantization"]["weight_type"].startswith("int8")
+
+
 def test_failed_parity_leaves_no_model(make_run: Callable[..., Path],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import medlite.deploy.onnx_export as onnx_export
@@ -138,6 +150,8 @@ def test_bad_arguments_are_one_line_errors(make_run: Callable[..., Path], tmp_pa
         export_run(run, opset=9)
     with pytest.raises(MedliteError, match="not found"):
         export_run(tmp_path / "missing")
+    with pytest.raises(MedliteError, match="expected 'uint8' or 'int8'"):
+        export_run(run, int8=True, int8_weights="int4")
     with pytest.raises(ModelError, match="not a readable ONNX"):
         read_metadata(tmp_path / "missing.onnx")
 
