@@ -18,10 +18,12 @@ Latency (table 1), per model, on a random-init network (weights do not change th
 int8 calibration images: 64 images of ``--data`` preprocessed at ``--img-size`` when given, else random
 uint8 images (the calibration only sets ranges; it does not change the latency).
 
-Accuracy (table 2), for each ``--runs RUNDIR``: the run is exported (fp32 + int8, into a temporary folder)
-and scored on its validation split, or on ``--data`` when given (its ``val`` split when it defines one, else
-all of it): accuracy of eager fp32 and ONNX int8 (binary runs decide at their tuned threshold), their
-difference, and int8-vs-fp32 top-1 agreement. Nothing is trained here.
+Accuracy (table 2), for each ``--runs RUNDIR``: the run is exported (fp32 + int8, into a temporary folder) and
+scored on its validation split (``--split test``: its test split, which the export never sees), or on
+``--data`` when given (its ``val`` split when it defines one, else all of it): accuracy of eager fp32 and ONNX
+int8 (binary runs decide at their tuned threshold), their difference, int8-vs-fp32 top-1 agreement, and the
+share of leading layers the export kept in fp32 to pass its parity check
+(:data:`medlite.deploy.onnx_export.INT8_FP32_LEADING`). Nothing is trained here.
 
 Timings on a shared machine vary; the CPU, thread count and library versions are printed with the tables.
 """
@@ -123,14 +125,14 @@ def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, cal
     return row
 
 
-def _eval_images(run: Path, data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _eval_images(run: Path, data: str | None, split: str = "val") -> tuple[np.ndarray, np.ndarray, str]:
     from medlite.config import load_config
     from medlite.training import prepare_data
 
     cfg = load_config(run / "config.yaml")
     if data is None:
         prepared = prepare_data(cfg, manifest=run / "splits.csv", progress=False)
-        idx, where = prepared.indices("val", labelled_only=False), "val"
+        idx, where = prepared.indices(split, labelled_only=False), split
     else:
         update = {"source": data, "val_frac": 0.0, "test_frac": 0.0, "fraction": 1.0}
         other = cfg.data.model_copy(update=update)
@@ -147,13 +149,13 @@ def _decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     return probs.argmax(1)
 
 
-def bench_run(run: Path, data: str | None, workdir: Path) -> dict[str, Any]:
-    """Accuracy of eager fp32 and ONNX int8 on the validation images of a finished run."""
+def bench_run(run: Path, data: str | None, workdir: Path, split: str = "val") -> dict[str, Any]:
+    """Accuracy of eager fp32 and ONNX int8 on the ``split`` images of a finished run (or of ``data``)."""
     from medlite.deploy.predict import TorchClassifier
 
     out = workdir / f"export-{run.name}"
-    export_run(run, int8=True, out=out)
-    images, labels, where = _eval_images(run, data)
+    report = export_run(run, int8=True, out=out)
+    images, labels, where = _eval_images(run, data, split)
     eager = TorchClassifier(run)
     threshold = eager.contract.get("threshold")
     p_fp32 = np.concatenate([eager.predict_proba(images[i:i + 64]) for i in range(0, len(images), 64)])
@@ -163,7 +165,8 @@ def bench_run(run: Path, data: str | None, workdir: Path) -> dict[str, Any]:
     return {"run": run.name, "model": eager.contract["model"], "split": where, "n": len(labels),
             "acc_fp32": float(np.mean(d_fp32 == labels)), "acc_int8": float(np.mean(d_int8 == labels)),
             "agreement": float(np.mean(d_fp32 == d_int8)),
-            "max_prob_diff": float(np.abs(p_fp32 - p_int8).max())}
+            "max_prob_diff": float(np.abs(p_fp32 - p_int8).max()),
+            "fp32_leading": report["int8"]["fp32_leading"]}
 
 
 def _startup_s(onnx_path: Path, size: int) -> float:
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="source for int8 calibration / accuracy (optional)")
     parser.add_argument("--runs", nargs="*", type=Path, default=[],
                         help="finished run directories (accuracy)")
+    parser.add_argument("--split", choices=["val", "test"], default="val",
+                        help="the runs' split to score int8 on (test: images the export's parity check never saw)")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--int8-weights", choices=["uint8", "int8"], default="uint8",
@@ -221,13 +226,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{_startup_s(first, args.img_size):.2f} s")
         if args.runs:
             print("\n| run | model | images | acc eager fp32 | acc ONNX int8 | change | int8 agreement "
-                  "| max prob diff |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+                  "| max prob diff | leading layers fp32 |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for run in args.runs:
-                r = bench_run(run, args.data, workdir)
+                r = bench_run(run, args.data, workdir, args.split)
                 print(f"| {r['run']} | {r['model']} | {r['n']} ({r['split']}) | {r['acc_fp32']:.4f} | "
                       f"{r['acc_int8']:.4f} | {r['acc_int8'] - r['acc_fp32']:+.4f} | {r['agreement']:.4f} | "
-                      f"{r['max_prob_diff']:.4f} |", flush=True)
+                      f"{r['max_prob_diff']:.4f} | {r['fp32_leading']:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

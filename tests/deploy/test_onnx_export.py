@@ -128,6 +128,30 @@ def test_int8_weight_type_is_selectable(make_run: Callable[..., Path], tmp_path:
     assert read_metadata(tmp_path / INT8_FILE)["quantization"]["weight_type"].startswith("int8")
 
 
+def test_int8_keeps_more_leading_layers_fp32_until_parity(make_run: Callable[..., Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import medlite.deploy.onnx_export as onnx_export
+
+    run = make_run("mobilenet_v2_050", size=32)
+    fp32_criteria = onnx_export._failures
+    # The int8 checks always fail, so every fallback is tried; the fp32 checks are the real ones.
+    monkeypatch.setattr(onnx_export, "_failures", lambda metrics, max_diff: fp32_criteria(metrics, max_diff)
+                        if max_diff is not None else ["int8 forced to fail"])
+    with pytest.warns(UserWarning, match="first 50% of the layers in fp32"):
+        int8 = export_run(run, int8=True, out=tmp_path)["int8"]
+    attempts = int8["attempts"]
+    assert [a["fp32_leading"] for a in attempts] == [0.0, 0.25, 0.5] and not any(a["passed"] for a in attempts)
+    counts = [a["fp32_nodes"] for a in attempts]
+    assert counts[0] < counts[1] < counts[2] == len(int8["fp32_nodes"])  # the last try is the one kept
+    graph = onnx.load(str(tmp_path / INT8_FILE)).graph
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    kept = set(int8["fp32_nodes"])
+    assert convs[0] in kept and convs[-1] not in kept  # leading layers in fp32, the rest still int8
+    assert int8["fp32_leading"] == 0.5
+    report = {"model": "m", "opset": 17, "exporter": "x", "n_parity_images": 1, "parity_split": "val", "int8": int8}
+    assert "first 50% of the layers kept fp32" in describe_report(report)
+
+
 def test_failed_parity_leaves_no_model(make_run: Callable[..., Path],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import medlite.deploy.onnx_export as onnx_export
