@@ -97,7 +97,7 @@ def _calibration(data: str | None, size: int) -> np.ndarray:
 
 
 def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, calib: np.ndarray,
-                workdir: Path, weight_type: str = "uint8") -> dict[str, Any]:
+                workdir: Path, weight_type: str = "uint8", fp32_leading: float = 0.0) -> dict[str, Any]:
     """Latency p50/p90 (ms, batch 1) and throughput (images/s, batch 32) of one model in three runtimes."""
     torch.set_num_threads(threads)
     model = create_model(name, num_classes=3, in_chans=1).eval()
@@ -107,7 +107,7 @@ def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, cal
                 "output": "logits", "preprocess": PreprocessConfig(size=size).model_dump(mode="json")}
     fp32, int8 = workdir / f"{name}.onnx", workdir / f"{name}.int8.onnx"
     export_onnx(model, fp32, input_size=size, in_chans=1, metadata=contract)
-    quantize_int8(fp32, int8, calib, contract, weight_type=weight_type)
+    quantize_int8(fp32, int8, calib, contract, weight_type=weight_type, fp32_leading=fp32_leading)
     x1 = torch.randn(1, 1, size, size)
     x32 = torch.randn(32, 1, size, size)
     row: dict[str, Any] = {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="source for int8 calibration / accuracy (optional)")
     parser.add_argument("--runs", nargs="*", type=Path, default=[],
                         help="finished run directories (accuracy)")
+    parser.add_argument("--int8-fp32-leading", type=float, default=0.0,
+                        help="latency table: share of leading layers kept fp32 in the int8 model (0, 0.25, 0.5)")
     parser.add_argument("--split", choices=["val", "test"], default="val",
                         help="the runs' split to score int8 on (test: images the export's parity check never saw)")
     parser.add_argument("--iters", type=int, default=50)
@@ -208,13 +210,13 @@ def main(argv: list[str] | None = None) -> None:
               f"onnxruntime {ort.__version__}; load average at start {os.getloadavg()[0]:.1f}\n")
         if args.models:
             print(f"batch-1 latency in ms as p50 / p90 (min); throughput at batch 32 in images/s; int8 weights "
-                  f"{args.int8_weights}\n")
+                  f"{args.int8_weights}, leading layers in fp32 {args.int8_fp32_leading:.0%}\n")
             print("| model | params (M) | eager fp32 | ONNX fp32 | ONNX int8 | b32 eager / fp32 / int8 "
                   "| int8 size |")
             print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
             r = bench_model(name, args.img_size, args.threads, args.warmup, args.iters, calib, workdir,
-                            args.int8_weights)
+                            args.int8_weights, args.int8_fp32_leading)
             cells = [f"{v[0]:.1f} / {v[1]:.1f} ({v[2]:.1f})"
                      for v in (r["eager"], r["onnx_fp32"], r["onnx_int8"])]
             b32 = " / ".join(f"{r[k][3]:.0f}" for k in ("eager", "onnx_fp32", "onnx_int8"))
