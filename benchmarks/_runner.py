@@ -22,7 +22,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BENCH = "bench.json"
 
@@ -151,3 +154,10 @@ def machine_line(threads: int, workers: int) -> str:
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--_worker":
     _worker(json.loads(sys.argv[2]))
+
+
+def batched_proba(classifier: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``classifier.predict_proba`` over uint8 (N, S, S) ``images`` in chunks of ``batch`` (bounded memory)."""
+    import numpy as np
+
+    return np.concatenate([classifier.predict_proba(images[i:i + batch]) for i in range(0, len(images), batch)])

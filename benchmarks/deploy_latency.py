@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from _runner import batched_proba
 
 from medlite.data.preprocess import PreprocessConfig
 from medlite.deploy.onnx_export import export_onnx, export_run
@@ -158,9 +159,9 @@ def bench_run(run: Path, data: str | None, workdir: Path, split: str = "val") ->
     images, labels, where = _eval_images(run, data, split)
     eager = TorchClassifier(run)
     threshold = eager.contract.get("threshold")
-    p_fp32 = np.concatenate([eager.predict_proba(images[i:i + 64]) for i in range(0, len(images), 64)])
+    p_fp32 = batched_proba(eager, images)
     int8 = OnnxClassifier(out / "model.int8.onnx")
-    p_int8 = np.concatenate([int8.predict_proba(images[i:i + 64]) for i in range(0, len(images), 64)])
+    p_int8 = batched_proba(int8, images)
     d_fp32, d_int8 = _decide(p_fp32, threshold), _decide(p_int8, threshold)
     return {"run": run.name, "model": eager.contract["model"], "split": where, "n": len(labels),
             "acc_fp32": float(np.mean(d_fp32 == labels)), "acc_int8": float(np.mean(d_int8 == labels)),

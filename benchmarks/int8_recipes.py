@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from _runner import batched_proba
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -40,7 +41,7 @@ from medlite.deploy.quantize import ImageCalibrationReader, _leading_nodes, _ste
 from medlite.training import prepare_data
 
 
-def _recipes(graph: onnx.GraphProto, prepared: Path) -> dict[str, dict[str, Any]]:
+def _recipes(graph: onnx.GraphProto) -> dict[str, dict[str, Any]]:
     """Recipe name -> calibration images, method, extra options and nodes kept in fp32 (besides the stem)."""
     nodes = list(graph.node)
     head = [n.name for n in nodes if n.op_type in ("GlobalAveragePool", "ReduceMean", "Gemm", "Flatten")]
@@ -52,14 +53,10 @@ def _recipes(graph: onnx.GraphProto, prepared: Path) -> dict[str, dict[str, Any]
         "fp32-residual-adds": {"fp32": [n.name for n in nodes if n.op_type == "Add"]},
         "fp32-head": {"fp32": head},
         "fp32-last-25%": {"fp32": [n.name for n in nodes[len(nodes) - len(nodes) // 4:]]},
-        "fp32-leading-25%": {"fp32": _leading_nodes(prepared, 0.25)},
-        "fp32-leading-50%": {"fp32": _leading_nodes(prepared, 0.5)},
+        "fp32-leading-25%": {"fp32": _leading_nodes(graph, 0.25)},
+        "fp32-leading-50%": {"fp32": _leading_nodes(graph, 0.5)},
         "u8s8": {"weights": QuantType.QInt8},
     }
-
-
-def _proba(classify: Any, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([classify.predict_proba(images[i:i + 64]) for i in range(0, len(images), 64)])
 
 
 def compare(run: Path, split: str, workdir: Path) -> list[dict[str, Any]]:
@@ -72,10 +69,11 @@ def compare(run: Path, split: str, workdir: Path) -> list[dict[str, Any]]:
     images, labels = np.ascontiguousarray(data.cached.images[idx]), data.cached.labels[idx]
     train = data.indices("train", labelled_only=False)
     contract = run_contract(run)
-    reference = _proba(TorchClassifier(run), images).argmax(1)
-    stem = _stem_nodes(prepared)
+    reference = batched_proba(TorchClassifier(run), images).argmax(1)
+    graph = onnx.load(str(prepared)).graph
+    stem = _stem_nodes(graph)
     rows = []
-    for name, recipe in _recipes(onnx.load(str(prepared)).graph, prepared).items():
+    for name, recipe in _recipes(graph).items():
         calibration = np.ascontiguousarray(data.cached.images[_subset(train, recipe.get("images", 128))])
         out = workdir / f"{name}.onnx"
         quantize_static(
@@ -85,7 +83,7 @@ def compare(run: Path, split: str, workdir: Path) -> list[dict[str, Any]]:
             calibrate_method=recipe.get("method", CalibrationMethod.MinMax),
             nodes_to_exclude=list(dict.fromkeys(stem + recipe.get("fp32", []))), extra_options=recipe.get("extra"),
         )
-        decided = _proba(OnnxClassifier(out), images).argmax(1)
+        decided = batched_proba(OnnxClassifier(out), images).argmax(1)
         rows.append({"run": run.name, "recipe": name, "n": len(labels),
                      "agreement": float(np.mean(decided == reference)),
                      "acc_fp32": float(np.mean(reference == labels)), "acc_int8": float(np.mean(decided == labels)),

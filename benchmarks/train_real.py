@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_runs"))
     args = parser.parse_args()
 
+    if args.split_from and args.shared_split:
+        parser.error("--split-from and --shared-split both fix the split; give one")
     split_from = args.split_from
     if args.shared_split is not None:
         split_from = write_split(args.data, args.shared_split, seed=args.seed, val_frac=args.val_frac,

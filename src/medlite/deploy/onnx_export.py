@@ -281,9 +281,8 @@ def export_run(
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         out: output folder; default ``RUNDIR/export``.
         int8_weights: with ``int8``, the weight type: ``"uint8"`` (U8U8, the default, exact on every x86 CPU) or
-            ``"int8"`` (U8S8, about
-            twice the int8 throughput on CPUs with VNNI, wrong on CPUs without it; the parity check on *this*
-            machine cannot vouch for another); see :mod:`medlite.deploy.quantize`.
+            ``"int8"`` (U8S8, about twice the int8 throughput on CPUs with VNNI, wrong on CPUs without it; the
+            parity check on *this* machine cannot vouch for another); see :mod:`medlite.deploy.quantize`.
 
     Returns:
         The parity report, also written to ``OUT/parity.json``: model, classes, opset, exporter, the split

@@ -81,16 +81,13 @@ class ImageCalibrationReader(CalibrationDataReader):
         return -(-len(self.images) // self.batch_size)
 
 
-def _stem_nodes(path: Path) -> list[str]:
-    """Names of the nodes that read the graph's first input (the stem convolution)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def _stem_nodes(graph: Any) -> list[str]:
+    """Names of the nodes of an ``onnx.GraphProto`` that read its first input (the stem convolution)."""
     first = graph.input[0].name
     return [node.name for node in graph.node if first in node.input]
 
 
-def _leading_nodes(path: Path, fraction: float) -> list[str]:
+def _leading_nodes(graph: Any, fraction: float) -> list[str]:
     """Names of the nodes up to and including the ``ceil(fraction * L)``-th of the graph's L weighted layers.
 
     ONNX graphs list nodes in topological order, so these are the layers nearest the input (for a CNN, the
@@ -98,9 +95,7 @@ def _leading_nodes(path: Path, fraction: float) -> list[str]:
     """
     import math
 
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    nodes = graph.node
     weighted = [i for i, node in enumerate(nodes) if node.op_type in _WEIGHTED_OPS]
     count = math.ceil(fraction * len(weighted))
     return [node.name for node in nodes[:weighted[count - 1] + 1]] if count else []
@@ -136,6 +131,7 @@ def quantize_int8(
         ``calibrate_method``, ``calibration_images``, ``fp32_leading``, ``fp32_nodes`` and ``pre_processed``
         (whether step 1 succeeded).
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -156,8 +152,9 @@ def quantize_int8(
                           "quantising the un-optimised graph", UserWarning, stacklevel=2)
             pre_processed = False
         source = prepared if pre_processed else fp32_path
-        stem = _stem_nodes(source) if keep_stem_fp32 else []
-        excluded = list(dict.fromkeys(stem + _leading_nodes(source, fp32_leading)))  # ordered, no repeats
+        graph = onnx.load(str(source), load_external_data=False).graph
+        stem = _stem_nodes(graph) if keep_stem_fp32 else []
+        excluded = list(dict.fromkeys(stem + _leading_nodes(graph, fp32_leading)))  # ordered, no repeats
         quantize_static(
             str(source), str(tmp), ImageCalibrationReader(calibration_images, contract),
             quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
