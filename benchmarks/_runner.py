@@ -1,6 +1,6 @@
 """Shared by the training benchmarks: each run in a fresh process, a small parallel queue, fixed splits.
 
-* :func:`train_in_subprocess` trains one run (keyword arguments of :func:`medlite.training.train`) in a new
+* :func:`train_in_subprocess` trains one run (keyword arguments of :func:`medlite.workflows.train.train`) in a new
   Python process, so its peak resident memory and CPU time are its own; the numbers are cached in
   ``RUNDIR/bench.json`` and a finished run is never trained twice (re-running a benchmark resumes it).
 * :func:`run_queue` runs jobs ``workers`` at a time, each after the jobs it depends on (teachers, SimCLR
@@ -46,7 +46,7 @@ def _worker(job: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(int(job["threads"]))
-    from medlite.training import train
+    from medlite.workflows.train import train
 
     started = time.perf_counter()
     result = train(**job["spec"])
@@ -128,8 +128,8 @@ def write_split(source: str, out_csv: Path, *, seed: int = 0, val_frac: float = 
     import numpy as np
 
     from medlite.config import build_config
+    from medlite.data.prepared import prepare_data
     from medlite.data.splits import SplitManifest
-    from medlite.training import prepare_data
 
     if out_csv.is_file():
         return out_csv
@@ -146,7 +146,7 @@ def machine_line(threads: int, workers: int) -> str:
     """The machine a table was measured on, for its caption."""
     import torch
 
-    from medlite.evaluate.profile import cpu_name
+    from medlite.metrics.profile import cpu_name
 
     return (f"{cpu_name()} ({os.cpu_count()} cores), {platform.python_version()}, torch {torch.__version__}; "
             f"{workers} run(s) in parallel, {threads} thread(s) each")

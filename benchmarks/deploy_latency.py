@@ -45,10 +45,10 @@ import torch
 from _runner import batched_proba
 
 from medlite.data.preprocess import PreprocessConfig
+from medlite.deploy import OnnxClassifier
 from medlite.deploy.onnx_export import export_onnx, export_run
-from medlite.deploy.predict import OnnxClassifier
 from medlite.deploy.quantize import quantize_int8
-from medlite.evaluate.profile import cpu_name
+from medlite.metrics.profile import cpu_name
 from medlite.models import create_model
 
 STUDENTS = ("hybridnet_xr_50", "hybridnet_xr_100", "hybridnet_xr_150", "mobilenet_v2_050", "mobilenet_v2",
@@ -128,7 +128,7 @@ def bench_model(name: str, size: int, threads: int, warmup: int, iters: int, cal
 
 def _eval_images(run: Path, data: str | None, split: str = "val") -> tuple[np.ndarray, np.ndarray, str]:
     from medlite.config import load_config
-    from medlite.training import prepare_data
+    from medlite.data.prepared import prepare_data
 
     cfg = load_config(run / "config.yaml")
     if data is None:
@@ -152,7 +152,7 @@ def _decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
 
 def bench_run(run: Path, data: str | None, workdir: Path, split: str = "val") -> dict[str, Any]:
     """Accuracy of eager fp32 and ONNX int8 on the ``split`` images of a finished run (or of ``data``)."""
-    from medlite.deploy.predict import TorchClassifier
+    from medlite.deploy import TorchClassifier
 
     out = workdir / f"export-{run.name}"
     report = export_run(run, int8=True, out=out)

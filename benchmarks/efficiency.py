@@ -2,7 +2,7 @@
 
     python benchmarks/efficiency.py --img-size 224 --batch-size 32 --threads 2
 
-Each row is :func:`medlite.evaluate.profile.profile_model` (parameters, MACs, peak training memory of one AdamW
+Each row is :func:`medlite.metrics.profile.profile_model` (parameters, MACs, peak training memory of one AdamW
 step in a fresh process, training throughput, latency at batch 1, throughput at batch 32); the last columns
 compare every model with MobileNetV2 (HybridNet-XR's design goal: <= 0.5x its peak training memory and
 >= 2x its training throughput).
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medlite.evaluate.profile import profile_model
+from medlite.metrics.profile import profile_model
 
 STUDENTS = ["hybridnet_xr_50", "hybridnet_xr_100", "hybridnet_xr_150", "mobilenet_v2", "squeezenet1_1",
             "efficientnet_lite0", "mobilenetv3_ofa_595"]

@@ -41,12 +41,13 @@ from typing import Any
 
 from medlite.data.synthetic import write_phantom_dataset
 from medlite.explain import evaluate_explanations, explain_images
-from medlite.training import train
-from medlite.utils import rundir
+from medlite.rundir import layout
+from medlite.utils import atomic
+from medlite.workflows.train import train
 
 
 def _train(out: Path, **settings: Any) -> Path:
-    if (out / rundir.WEIGHTS).is_file():
+    if (out / layout.WEIGHTS).is_file():
         return out
     if out.exists():
         shutil.rmtree(out)  # an interrupted run: start it again
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
           "| ROAD | s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, metrics in results.items():
-        acc = rundir.read_json(runs[label] / rundir.METRICS)["accuracy"]
+        acc = atomic.read_json(runs[label] / layout.METRICS)["accuracy"]
         for method, m in metrics["methods"].items():
             print(f"| {label} | {acc:.3f} | {method} | {_fmt(m.get('energy_in_mask'))} | "
                   f"{_fmt(m.get('pointing_game'))} | {_fmt(m.get('deletion_auc'))} | "
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         args.docs.mkdir(parents=True, exist_ok=True)
         for name, path in grids.items():
             shutil.copyfile(path, args.docs / name)
-    rundir.write_json(args.out / "summary.json", {
+    atomic.write_json(args.out / "summary.json", {
         "size": args.size, "results": results, "verdict": verdict,
         "grids": {k: str(v) for k, v in grids.items()}})
 

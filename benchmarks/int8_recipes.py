@@ -35,10 +35,10 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from medlite.config import load_config
+from medlite.data.prepared import prepare_data
+from medlite.deploy import OnnxClassifier, TorchClassifier, run_contract
 from medlite.deploy.onnx_export import _subset, export_run
-from medlite.deploy.predict import OnnxClassifier, TorchClassifier, run_contract
 from medlite.deploy.quantize import ImageCalibrationReader, _leading_nodes, _stem_nodes
-from medlite.training import prepare_data
 
 
 def _recipes(graph: onnx.GraphProto) -> dict[str, dict[str, Any]]:

@@ -83,7 +83,7 @@ def jobs_for(data: str, args: argparse.Namespace) -> list[Job]:
 
 def prototype_baselines(jobs: list[Job], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """``CE + prototypes`` of every finished ``random`` run (cached in its ``eval-prototypes/``)."""
-    from medlite.evaluate.few_shot import evaluate_with_prototypes
+    from medlite.workflows.evaluate import evaluate_with_prototypes
 
     rows = {}
     for job in jobs:

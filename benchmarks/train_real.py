@@ -29,7 +29,7 @@ import torch
 from _runner import write_split
 
 import medlite
-from medlite.evaluate.profile import count_parameters
+from medlite.metrics.profile import count_parameters
 
 
 def _cpu_seconds() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 import medlite
@@ -16,6 +17,7 @@ def test_top_level_api_is_lazy_and_complete():
     assert medlite.list_models("hybridnet*") == ["hybridnet_xr_100", "hybridnet_xr_150", "hybridnet_xr_50"]
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     result = api.demo(tmp_path / "demo", per_class=10, img_size=32, epochs=2, progress=False)
     runs = {row["model"]: row for row in result["rows"]}
@@ -27,6 +29,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert "hybridnet_xr_100" in result["markdown"]
 
 
+@pytest.mark.slow
 def test_demo_recipe_reaches_the_accuracy_bar(tmp_path):
     # The demo's recipe (64 px phantoms, lr 3e-3, warm-up + cosine), shortened: 120 instead of 150 phantoms per
     # class, 20 instead of 25 epochs, HybridNet-XR-100 only. `make demo` measured 0.911 (hxr) / 0.828 (mnv2).

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from medlite import api
 from medlite.config import build_config
 from medlite.errors import MedliteError
-from medlite.training import train
+from medlite.workflows.train import train
 
 TINY = dict(source="synthetic", synthetic_per_class=8, synthetic_size=32, size=32, batch_size=8,
             progress=False)
@@ -118,6 +118,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_on_gloo(tmp_path):
     result = train(out=tmp_path / "ddp", model="hybridnet_xr_50", epochs=1, devices=2, accelerator="cpu", **TINY)
     assert (result.run_dir / "model.safetensors").is_file()
@@ -132,7 +133,7 @@ def _split_rows(run):
 
 def test_every_paradigm_gets_the_same_labelled_fraction(tmp_path):
     from medlite.models import create_model
-    from medlite.models.adapt import save_weights
+    from medlite.models.checkpoint import save_weights
 
     teacher = save_weights(create_model("hybridnet_xr_100", num_classes=6), tmp_path / "teacher.safetensors")
     common = dict(model="hybridnet_xr_50", epochs=1, fraction=0.5, seed=7, limit_train_batches=1, **TINY)

@@ -1,5 +1,9 @@
 """The Python functions behind every CLI subcommand (the CLI only parses arguments and prints).
 
+Each function validates what the user gave and calls one workflow (:mod:`medlite.workflows`), deploy or explain
+function; the heavy libraries (torch, Lightning) are imported by those modules, on first use, so that
+``import medlite`` and ``medlite --help`` stay fast.
+
 >>> import medlite
 >>> medlite.list_models("hybridnet*")
 ['hybridnet_xr_100', 'hybridnet_xr_150', 'hybridnet_xr_50']
@@ -9,23 +13,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medlite.errors import MedliteError
-from medlite.evaluate.run_eval import evaluate_run as _evaluate_run
-from medlite.training import TrainResult
-from medlite.training import train as _train
-from medlite.utils import rundir
+from medlite.rundir import layout
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from medlite.models.selection import SelectionReport
+    from medlite.workflows.train import TrainResult
+
+# Imports inside the functions below are deliberate: each pulls in torch / Lightning / ONNX Runtime only when
+# that command runs (start-up time of the CLI and of `import medlite`).
 
 
 def model_table(pattern: str = "*", num_classes: int = 6, in_chans: int = 1) -> list[dict[str, Any]]:
-    """One row per registered model: name, family, parameters and MACs (at its default input size).
+    """One row per registered model: name, family, parameters, MACs (at its default input size) and the source of
+    its ``init="imagenet"`` weights (``"torchvision"``, ``"timm"`` or ``None``).
 
     Parameters and MACs are counted for ``num_classes`` outputs and ``in_chans`` input channels (the X-ray
     default: 6 classes, 1 channel). MACs are multiply-accumulates of one image (FLOPs = 2 x MACs).
     """
-    from medlite.evaluate.profile import count_macs, count_parameters
+    from medlite.metrics.profile import count_macs, count_parameters
     from medlite.models import create_model, get_model_cfg, list_models
+    from medlite.models.pretrained import list_pretrained, pretrained_weights
 
     names = list_models(pattern)
     if not names:
@@ -35,7 +47,8 @@ def model_table(pattern: str = "*", num_classes: int = 6, in_chans: int = 1) -> 
         cfg = get_model_cfg(name)
         model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
         rows.append({"name": name, "family": cfg.family, "params": count_parameters(model),
-                     "macs": count_macs(model, cfg.input_size, in_chans=in_chans), "input_size": cfg.input_size})
+                     "macs": count_macs(model, cfg.input_size, in_chans=in_chans), "input_size": cfg.input_size,
+                     "imagenet": pretrained_weights(name).source if name in list_pretrained() else None})
     return rows
 
 
@@ -57,78 +70,74 @@ def inspect(source: str | Path, *, strict: bool = False, group_from_filename: bo
 
 def train(config: Any = None, *, out: str | Path, source: str | None = None, img_size: int | None = None,
           **overrides: Any) -> TrainResult:
-    """Train a model into a run directory; see :func:`medlite.training.train` for every setting.
+    """Train a model into a run directory; see :func:`medlite.workflows.train.train` for every setting.
 
     ``source`` and ``img_size`` are the CLI's names for ``data.source`` and ``preprocess.size``.
     """
+    from medlite.workflows.train import train as _train
+
     return _train(config, out=out, source=source, size=img_size, **overrides)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test",
              out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a finished run (``metrics.json``); ``data`` evaluates it on another source with the same classes.
+    """Evaluate a finished run (``metrics.json``); ``data`` evaluates it on another source with the same classes
+    (matched by name).
 
     For a ``dg`` run evaluated on another source, ``metrics["adaptation"]`` compares the adapted model with the
-    same weights before AdaBN (see :func:`medlite.paradigms.domain_gap.adaptation_effect`).
+    same weights before AdaBN (see :func:`medlite.workflows.evaluate.evaluate`).
     """
-    if split not in ("train", "val", "test"):
-        raise MedliteError(f"--split must be train, val or test, got {split!r}")
-    metrics = _evaluate_run(run_dir, data=data, split=split, out=out)
-    if data is not None:
-        from medlite.paradigms.domain_gap import adaptation_effect
+    from medlite.workflows.evaluate import evaluate as _evaluate
 
-        effect = adaptation_effect(run_dir, data, metrics, split=split)
-        if effect is not None:
-            metrics["adaptation"] = effect
-    return metrics
+    return _evaluate(run_dir, data=data, split=split, out=out)
+
+
+evaluate_run = evaluate  # the name of earlier releases
 
 
 def evaluate_prototypes(run_dir: str | Path, *, split: str = "test", k_shot: int = 5, q_query: int = 15,
                         episodes: int = 600, out: str | Path | None = None) -> dict[str, Any]:
     """Nearest-prototype classification with a finished run's encoder (the "CE encoder + prototypes" baseline);
-    see :func:`medlite.evaluate.few_shot.evaluate_with_prototypes`."""
-    from medlite.evaluate.few_shot import evaluate_with_prototypes
+    see :func:`medlite.workflows.evaluate.evaluate_with_prototypes`."""
+    from medlite.workflows.evaluate import evaluate_with_prototypes
 
-    if split not in ("train", "val", "test"):
-        raise MedliteError(f"--split must be train, val or test, got {split!r}")
-    rundir.require_run_dir(run_dir)
     return evaluate_with_prototypes(run_dir, split=split, k_shot=k_shot, q_query=q_query, episodes=episodes,
                                     out=out)
 
 
 def paradigm_summary(run_dir: str | Path) -> list[str]:
-    """Extra lines a paradigm leaves in its run directory: ProtoNet episodes, which dual-skd student was kept."""
-    from medlite.evaluate.model_card import paradigm_notes
+    """Lines a paradigm leaves about its run directory (ProtoNet episodes, the dual-skd student kept ...)."""
+    from medlite.paradigms import get_paradigm
+    from medlite.rundir.store import read_run_info
 
-    return paradigm_notes(Path(run_dir))
+    run_dir = Path(run_dir)
+    return get_paradigm(read_run_info(run_dir)["paradigm"]).notes(run_dir)
 
 
-evaluate_run = evaluate  # top-level name: ``medlite.evaluate`` is the subpackage of metrics, profile and report
+def select_weights(student: nn.Module, teacher: Any, *, method: str = "uniform", pair: int | None = None,
+                   seed: int = 0) -> SelectionReport:
+    """Weight selection from a larger model of the same family into ``student`` (in place); ``teacher`` is a
+    module, a state dict, a weights file or a finished run directory. See
+    :func:`medlite.models.selection.select_weights`."""
+    from medlite.models.selection import select_weights as _select
+    from medlite.rundir.store import resolve_weights
+
+    if isinstance(teacher, (str, Path)):
+        teacher = resolve_weights(teacher)
+    return _select(student, teacher, method=method, pair=pair, seed=seed)
 
 
 def profile(target: str | Path, *, img_size: int | None = None, batch_size: int = 32,
             threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Efficiency profile of a model name or a run directory (then also written to ``RUNDIR/profile.json``)."""
-    from medlite.evaluate.profile import profile_model
-    from medlite.models import get_model_cfg
+    from medlite.workflows.profile import profile as _profile
 
-    path = Path(target)
-    if path.is_dir():
-        run = rundir.require_run_dir(path)
-        info = rundir.read_json(run / "run.json")
-        result = profile_model(info["model"], img_size=img_size or info["input_size"], batch_size=batch_size,
-                               in_chans=info["in_chans"], num_classes=info["num_classes"], device=device,
-                               threads=threads, weights_path=run / rundir.WEIGHTS)
-        rundir.write_json(run / rundir.PROFILE, result)
-        return result
-    cfg = get_model_cfg(str(target))
-    return profile_model(cfg.name, img_size=img_size or cfg.input_size, batch_size=batch_size, device=device,
-                         threads=threads)
+    return _profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
 
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
     """Table of runs with CIs and efficiency, Pareto frontier plots; writes ``out`` (.html/.md) when given."""
-    from medlite.evaluate.report import compare_runs
+    from medlite.workflows.compare import compare_runs
 
     return compare_runs(run_dirs, out)
 
@@ -140,20 +149,9 @@ def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 
     Writes ``OUT/data`` (ChestX6 phantoms), ``OUT/runs/<model>`` and ``OUT/report.html``; returns the
     comparison (see :func:`compare`). Everything is offline and sized for a 2-core CPU.
     """
-    out = Path(out)
-    data = synthesize(out / "data", classes="chestx6", per_class=per_class, size=max(img_size, 64), seed=0)
-    run_dirs = []
-    for name in models:
-        run = out / "runs" / name
-        if (run / rundir.CONFIG).exists():
-            import shutil
+    from medlite.workflows.demo import demo as _demo
 
-            shutil.rmtree(run)  # the demo always starts fresh
-        _train(None, out=run, source=str(data / "manifest.csv"), model=name, epochs=epochs, size=img_size,
-               batch_size=32, lr=3e-3, warmup_epochs=1.0, early_stopping_patience=0, progress=progress)
-        profile(run, batch_size=32)
-        run_dirs.append(run)
-    return compare(run_dirs, out / "report.html")
+    return _demo(out, per_class=per_class, img_size=img_size, epochs=epochs, models=models, progress=progress)
 
 
 def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | None = None, batch_size: int = 16,
@@ -176,7 +174,7 @@ def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | No
 
 def split_explain_arguments(paths: list[str], methods: list[str] | None) -> tuple[list[Path], list[Path], list[str]]:
     """Sort ``medlite explain``'s positional words into run directories, image paths and method names."""
-    from medlite.explain import METHODS
+    from medlite.explain.methods import METHODS
 
     runs: list[Path] = []
     images: list[Path] = []
@@ -185,12 +183,12 @@ def split_explain_arguments(paths: list[str], methods: list[str] | None) -> tupl
         path = Path(word)
         if word in METHODS and not path.exists():
             chosen.append(word)
-        elif path.is_dir() and (path / rundir.CONFIG).is_file():
+        elif path.is_dir() and (path / layout.CONFIG).is_file():
             runs.append(path)
         else:
             images.append(path)
     if not runs:
-        raise MedliteError("explain needs at least one run directory (a folder with config.yaml)")
+        raise MedliteError(f"explain needs at least one run directory (a folder with {layout.CONFIG})")
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise MedliteError(f"unknown explanation method {unknown[0]!r}; choose from {', '.join(METHODS)}")
@@ -199,7 +197,7 @@ def split_explain_arguments(paths: list[str], methods: list[str] | None) -> tupl
 
 def explain(run_dirs: list[str | Path], images: list[str | Path], **kwargs: Any) -> list[dict[str, Any]]:
     """Saliency overlays, raw maps and comparison grids; see :func:`medlite.explain.explain_images`."""
-    from medlite.explain import explain_images
+    from medlite.explain.images import explain_images
 
     if not images:
         raise MedliteError("explain needs image files or folders after the run directories (or --evaluate)")
@@ -209,7 +207,7 @@ def explain(run_dirs: list[str | Path], images: list[str | Path], **kwargs: Any)
 def evaluate_explanations(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Deletion/insertion AUC, ROAD and mask scores -> ``explain_metrics.json``; see
     :func:`medlite.explain.evaluate_explanations`."""
-    from medlite.explain import evaluate_explanations as _evaluate
+    from medlite.explain.scoring import evaluate_explanations as _evaluate
 
     if kwargs.get("methods") is None:
         kwargs.pop("methods", None)
@@ -218,6 +216,6 @@ def evaluate_explanations(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 def export(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """ONNX export with parity report (and int8); see :func:`medlite.deploy.export_run`."""
-    from medlite.deploy import export_run
+    from medlite.deploy.onnx_export import export_run
 
     return export_run(run_dir, **kwargs)

@@ -13,34 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medlite.data.prepared import DataConfig
 from medlite.data.preprocess import PreprocessConfig
 from medlite.errors import MedliteError
-
-
-class DataConfig(BaseModel):
-    """Where images come from and how they are split.
-
-    Attributes:
-        source: a folder, CSV manifest, MedMNIST ``.npz`` or ``synthetic[:chestx6|pediatric3|binary]``.
-        val_frac / test_frac: fractions of the whole set carved out when the source defines no such split.
-        fraction: share of the training split that keeps its labels (nested and stratified per seed).
-        group_from_filename: derive patient ids from file names (``True``) or with this regex.
-        split_from: reuse the train/val/test assignment of a split manifest (a run directory or its
-            ``splits.csv``), so several runs share one split; the labelled fraction is still drawn per seed.
-        synthetic_per_class / synthetic_size: phantom count per class and side in pixels (``synthetic`` only).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = "synthetic"
-    val_frac: float = Field(0.1, ge=0.0, lt=1.0)
-    test_frac: float = Field(0.2, ge=0.0, lt=1.0)
-    fraction: float = Field(1.0, gt=0.0, le=1.0)
-    group_from_filename: bool | str = False
-    split_from: str | None = None
-    strict: bool = False
-    synthetic_per_class: int = Field(60, ge=1)
-    synthetic_size: int = Field(128, ge=32)
+from medlite.models import get_model_cfg
 
 
 class TrainConfig(BaseModel):
@@ -110,8 +86,6 @@ class TrainConfig(BaseModel):
     @field_validator("model", "teacher_model")
     @classmethod
     def _known_model(cls, name: str | None) -> str | None:
-        from medlite.models import get_model_cfg
-
         if name is not None:
             get_model_cfg(name)  # raises ModelError with close matches
         return name
@@ -162,11 +136,13 @@ class RunConfig(BaseModel):
 
         A run directory is read from wherever the user stands later (``evaluate``, ``export``, ``--resume``),
         so paths relative to the training working directory would stop resolving. Built-in names such as
-        ``synthetic`` and paths that do not exist are kept as given.
+        ``synthetic`` and ``imagenet`` and paths that do not exist are kept as given.
         """
 
         def absolute(value: str | None) -> str | None:
-            if value is None or value.split(":", 1)[0] == "synthetic" or not Path(value).exists():
+            if value is None or value.split(":", 1)[0] == "synthetic" or value == "imagenet":
+                return value
+            if not Path(value).exists():
                 return value
             return str(Path(value).resolve())
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from medlite.data.inspect import format_inspection, inspect_source
+from medlite.cli.render import format_inspection
+from medlite.data.inspect import inspect_source
 from medlite.data.records import Record, Source
 from medlite.data.sources import open_source
 

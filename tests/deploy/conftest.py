@@ -1,6 +1,6 @@
 """Fixtures for the deploy tests: cheap hand-built run directories on synthetic phantoms.
 
-A run directory is assembled the way ``medlite.training.train`` writes one (config, split manifest, weights,
+A run directory is assembled the way ``medlite.workflows.train.train`` writes one (config, split manifest, weights,
 ``run.json``, optionally ``metrics.json`` with a tuned threshold) but with a random-init model, so no training
 is needed. The phantom caches live in the suite-wide ``MEDLITE_CACHE`` (tests/conftest.py), so each is built
 once per image size.
@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from medlite.config import build_config
+from medlite.data.prepared import prepare_data
 from medlite.data.splits import SplitManifest
-from medlite.deploy.predict import normalise
-from medlite.evaluate.run_eval import save_run_info
+from medlite.deploy.contract import normalise
 from medlite.models import create_model
-from medlite.models.adapt import save_weights
-from medlite.training import prepare_data
-from medlite.utils import rundir
+from medlite.models.checkpoint import save_weights
+from medlite.rundir import layout
+from medlite.rundir.store import save_run_info
+from medlite.utils import atomic
 
 
 def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
@@ -65,9 +66,9 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
                            synthetic_size=max(64, size), size=size, model=model, val_frac=0.25, test_frac=0.0,
                            **preprocess)
         data = prepare_data(cfg, progress=False)
-        rundir.write_text(root / rundir.CONFIG, cfg.to_yaml())
+        atomic.write_text(root / layout.CONFIG, cfg.to_yaml())
         SplitManifest.from_source(data.source, data.splits, fraction_indices=np.flatnonzero(data.in_fraction),
-                                  record_indices=data.cached.record_indices).save(root / rundir.SPLITS)
+                                  record_indices=data.cached.record_indices).save(root / layout.SPLITS)
         torch.manual_seed(0)
         net = create_model(model, num_classes=len(data.classes), in_chans=cfg.preprocess.channels)
         contract = {"input_size": size, "in_chans": cfg.preprocess.channels, "mean": net.cfg.mean,
@@ -75,10 +76,10 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         train_images = normalise(data.cached.images[data.indices("train")], contract)
         _calibrate_batchnorm(net, torch.from_numpy(train_images))
         _decisive_head(net, seed=1, scale=head_scale)
-        save_weights(net, root / rundir.WEIGHTS)
+        save_weights(net, root / layout.WEIGHTS)
         save_run_info(root, cfg, net, data.classes)
         if threshold is not None:
-            rundir.write_json(root / rundir.METRICS,
+            atomic.write_json(root / layout.METRICS,
                               {"thresholds": {"youden": {"threshold": threshold, "chosen_on": "val"}}})
         return root
 

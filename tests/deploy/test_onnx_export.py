@@ -11,12 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from medlite.deploy import describe_report, export_run, read_metadata
+from medlite.deploy import OnnxClassifier, describe_report, export_run, read_metadata, run_contract
 from medlite.deploy.onnx_export import EXPORT_DIR, INT8_FILE, ONNX_FILE, PARITY_FILE, parity_metrics
-from medlite.deploy.predict import OnnxClassifier, run_contract
 from medlite.errors import MedliteError, ModelError
-from medlite.evaluate.run_eval import load_run_model
 from medlite.models import list_models
+from medlite.rundir.store import load_run_model
 
 HEAVY = {"vgg19_bn"}  # 140 M parameters; below 224 px its 7x7 adaptive pool needs the slow torch.export path
 SIZES = {"vgg19_bn": 32}
@@ -26,7 +25,7 @@ MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in 
 def _run_images(run: Path, n: int) -> np.ndarray:
     """The first ``n`` preprocessed uint8 (n, S, S) images of the run's data (its phantom cache exists)."""
     from medlite.config import load_config
-    from medlite.training import prepare_data
+    from medlite.data.prepared import prepare_data
 
     images = prepare_data(load_config(run / "config.yaml"), progress=False).cached.images
     return np.array(images[:n])  # a writable copy of the read-only memmap rows
@@ -35,7 +34,7 @@ def _run_images(run: Path, n: int) -> np.ndarray:
 def _eager_logits(run: Path, images: np.ndarray) -> np.ndarray:
     import torch
 
-    from medlite.evaluate.inference import predict_logits
+    from medlite.models.inputs import predict_logits
 
     model, _, info = load_run_model(run)
     with torch.inference_mode():

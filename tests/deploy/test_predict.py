@@ -1,4 +1,4 @@
-"""Tests for medlite.deploy.predict: folders with PNG, DICOM and broken files; CSV/JSON; no torch on ONNX."""
+"""Tests for medlite.deploy.prediction: folders with PNG, DICOM and broken files; CSV/JSON; no torch on ONNX."""
 
 from __future__ import annotations
 

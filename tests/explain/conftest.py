@@ -109,7 +109,7 @@ def corners() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hybridnet_xr_50 run trained for one epoch on 48 px chestx6 phantoms (masks included)."""
-    from medlite.training import train
+    from medlite.workflows.train import train
 
     out = tmp_path_factory.mktemp("explain_runs") / "hxr"
     train(out=out, source="synthetic", model="hybridnet_xr_50", epochs=1, size=48, synthetic_per_class=6,

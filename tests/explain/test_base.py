@@ -12,7 +12,7 @@ from torch import nn
 
 from medlite.errors import MedliteError, ModelError
 from medlite.explain import GradCAM, LimeExplainer, ScoreCAM, class_probs, class_scores, normalise_maps
-from medlite.explain.base import resolve_layer, to_spatial
+from medlite.explain.explainer import resolve_layer, to_spatial
 
 
 def _hook_count(model: nn.Module) -> int:

@@ -7,7 +7,7 @@ import torch
 
 from medlite.errors import MedliteError
 from medlite.explain import GradCAM, class_probs
-from medlite.explain.faithfulness import curve_auc, deletion_insertion_curves, model_scorer, saliency_rank
+from medlite.explain.metrics.faithfulness import curve_auc, deletion_insertion_curves, model_scorer, saliency_rank
 
 
 def _scorer(model):

@@ -7,7 +7,7 @@ import pytest
 
 from medlite.errors import MedliteError
 from medlite.explain import GradCAM, ScoreCAM
-from medlite.explain.localisation import default_tolerance, energy_in_mask, pointing_game
+from medlite.explain.metrics.localisation import default_tolerance, energy_in_mask, pointing_game
 
 
 def test_energy_and_pointing_by_hand() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from medlite.errors import MedliteError
 from medlite.explain import GradCAM, class_probs
-from medlite.explain.road import NEIGHBOUR_WEIGHTS, noisy_linear_impute, road_scores
+from medlite.explain.metrics.road import NEIGHBOUR_WEIGHTS, noisy_linear_impute, road_scores
 
 
 def test_removed_pixel_becomes_its_neighbour_average() -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from medlite.errors import ModelError
 from medlite.models import create_model
-from medlite.models.adapt import (
+from medlite.models.checkpoint import (
     InitReport,
     adapt_input_conv,
     load_checkpoint,
@@ -20,7 +20,7 @@ from medlite.models.adapt import (
     read_checkpoint,
     save_weights,
 )
-from medlite.models.vit import resample_pos_embed
+from medlite.models.layers import resample_pos_embed
 
 HEAD = {"fc.weight", "fc.bias"}
 

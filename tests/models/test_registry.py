@@ -15,8 +15,8 @@ from torch import nn
 
 from medlite.errors import ModelError
 from medlite.models import ModelCfg, create_model, get_model_cfg, list_models, register_model
-from medlite.models.adapt import load_weights, save_weights
 from medlite.models.base import ZooModel
+from medlite.models.checkpoint import load_weights, save_weights
 
 HEAVY = {"vgg19_bn"}  # built twice per run at most; its 25088x4096 linear dominates time and memory
 SIZES = {"vgg19_bn": 32}

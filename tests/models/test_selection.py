@@ -9,7 +9,7 @@ import torch
 
 from medlite.errors import ModelError
 from medlite.models import create_model
-from medlite.models.adapt import save_weights
+from medlite.models.checkpoint import save_weights
 from medlite.models.selection import SELECTION_METHODS, select_indices, select_weights
 
 SUPPORTED = [
@@ -219,8 +219,10 @@ def test_unsupported_pairs_name_the_first_mismatching_tensor(teacher, student, t
 
 
 def test_teacher_must_be_a_finished_run_or_a_file(tmp_path):
+    import medlite
+
     with pytest.raises(ModelError, match="not a finished run directory"):
-        select_weights(_model("hybridnet_xr_50"), tmp_path)
+        medlite.select_weights(_model("hybridnet_xr_50"), tmp_path)  # run directories resolve in the API
     with pytest.raises(ModelError, match="does not exist"):
         select_weights(_model("hybridnet_xr_50"), tmp_path / "missing.safetensors")
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from medlite.models import create_model
-from medlite.models.vit import resample_pos_embed
+from medlite.models.layers import resample_pos_embed
 
 # torchvision / timm parameter counts at 1000 classes and 3 input channels.
 PUBLISHED = {

@@ -20,8 +20,9 @@ from medlite.data.shift import DomainShift, shifted_source, write_image_folder
 from medlite.data.sources import open_source
 from medlite.data.synthetic import phantom_source
 from medlite.errors import MedliteError
-from medlite.paradigms.domain_gap import SOURCE_BN_DIR, DomainGapTask, adapt_batchnorm, frozen_bn_statistics
-from medlite.training import train
+from medlite.paradigms.domain_gap import DomainGapTask, adapt_batchnorm, frozen_bn_statistics
+from medlite.rundir.layout import SOURCE_BN_DIR
+from medlite.workflows.train import train
 
 SIZE = 32
 

@@ -16,10 +16,11 @@ from medlite.config import build_config
 from medlite.errors import MedliteError
 from medlite.losses.distill import distillation_kl
 from medlite.models import create_model
-from medlite.models.adapt import save_weights
+from medlite.models.checkpoint import save_weights
 from medlite.models.selection import select_indices
-from medlite.paradigms.dual_skd import DUAL_SKD, DualSKDTask, ema_update
-from medlite.training import train
+from medlite.paradigms.dual_skd import DualSKDTask, ema_update
+from medlite.rundir.layout import DUAL_SKD
+from medlite.workflows.train import train
 
 TINY = dict(source="synthetic:binary", synthetic_per_class=12, synthetic_size=32, size=32, batch_size=8,
             progress=False)

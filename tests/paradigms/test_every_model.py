@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from medlite.metrics.probes import linear_probe
 from medlite.models import create_model, list_models
+from medlite.models.inputs import embed_images
 from medlite.paradigms.domain_gap import DomainGapTask, adapt_batchnorm, batch_norms
 from medlite.paradigms.kd import KDTask
-from medlite.paradigms.simclr import SimCLRTask, embed_images, linear_probe
+from medlite.paradigms.simclr import SimCLRTask
 
 SIZE = 32
 # VGG-19 (140 M parameters, 100 M of them in one linear layer) takes ~20 s here on a shared 2-core CPU; it is

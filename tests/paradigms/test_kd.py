@@ -16,10 +16,9 @@ from medlite.cli import app
 from medlite.config import build_config
 from medlite.errors import MedliteError
 from medlite.models import create_model
-from medlite.models.adapt import save_weights
+from medlite.models.checkpoint import save_encoder, save_weights
 from medlite.paradigms.kd import TEACHER_CACHE, KDTask, load_teachers
-from medlite.paradigms.simclr import save_encoder
-from medlite.training import train
+from medlite.workflows.train import train
 
 TINY = dict(
     source="synthetic:binary",
@@ -143,7 +142,7 @@ def test_teacher_from_model_name_and_checkpoint(tmp_path: Path, teacher_run: Pat
     )
     [(model, in_chans, _)] = load_teachers(cfg, ["normal", "pneumonia"])
     reference = create_model("hybridnet_xr_100", num_classes=2)
-    from medlite.models.adapt import load_weights
+    from medlite.models.checkpoint import load_weights
 
     load_weights(reference, teacher_run / "model.safetensors")
     for key, value in reference.state_dict().items():

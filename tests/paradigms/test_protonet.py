@@ -12,15 +12,18 @@ import torch
 from safetensors.torch import load_file
 
 from medlite.config import build_config, load_config
+from medlite.data.prepared import prepare_data
 from medlite.errors import MedliteError
-from medlite.evaluate.few_shot import episodic_accuracy, evaluate_with_prototypes, fit_prototype_classifier
-from medlite.evaluate.run_eval import load_run_model
 from medlite.losses.prototypical import class_prototypes, prototype_logits
+from medlite.metrics.probes import episodic_accuracy, fit_prototype_classifier
 from medlite.models import create_model
 from medlite.models.heads import EmbeddingHead, pooled_features
-from medlite.paradigms.base import normalise_batch
-from medlite.paradigms.protonet import EMBEDDING, ProtoNetTask
-from medlite.training import prepare_data, train
+from medlite.models.inputs import normalise_batch
+from medlite.paradigms.protonet import ProtoNetTask
+from medlite.rundir.layout import EMBEDDING
+from medlite.rundir.store import load_run_model
+from medlite.workflows.evaluate import evaluate_with_prototypes
+from medlite.workflows.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(source="synthetic:pediatric3", synthetic_per_class=14, synthetic_size=32, size=32, progress=False,

@@ -13,11 +13,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from medlite.metrics.probes import knn_predict, linear_probe
 from medlite.models import create_model
-from medlite.models.adapt import save_weights
+from medlite.models.checkpoint import save_encoder, save_weights
 from medlite.models.heads import SimCLRProjectionHead
-from medlite.paradigms.simclr import ENCODER, SimCLRTask, knn_predict, linear_probe, save_encoder
-from medlite.training import resolve_init, train
+from medlite.paradigms.simclr import SimCLRTask
+from medlite.rundir.layout import ENCODER
+from medlite.rundir.store import resolve_init
+from medlite.workflows.train import train
 
 TINY = dict(
     source="synthetic:binary",
@@ -113,7 +116,7 @@ def test_simclr_pw_chains_phases_and_resumes_inside_pretraining(tmp_path: Path) 
     assert (pre_cfg["paradigm"], pre_cfg["epochs"]) == ("simclr", 2)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["paradigm"] == "simclr-pw"
     # SimCLR trains on every training image (labels ignored), fine-tuning only on the labelled half.
-    assert recorder.train_sizes["SimCLRTask"] > recorder.train_sizes["SupervisedTask"]
+    assert recorder.train_sizes["SimCLRTask"] > recorder.train_sizes["PreWarmedTask"]  # a SupervisedTask
     # Phase 2 started from the SimCLR encoder: all tensors but the classifier came from it.
     messages = [str(w.message) for w in caught]
     assert any(f"{ENCODER}: loaded" in m and "classifier" in m for m in messages), messages
@@ -167,7 +170,7 @@ def test_unlabelled_sources_join_simclr_pretraining_only(tmp_path: Path) -> None
     n_train = sum(r["split"] == "train" for r in rows)
     n_labelled = sum(r["split"] == "train" and r["in_fraction"] == "1" for r in rows)
     # SimCLR: every training image of the source plus the 9 unlabelled ones; fine-tuning: the labelled ones.
-    assert recorder.sizes == {"SimCLRTask": n_train + 9, "SupervisedTask": n_labelled}
+    assert recorder.sizes == {"SimCLRTask": n_train + 9, "PreWarmedTask": n_labelled}
     assert yaml.safe_load((out / "pretrain" / "config.yaml").read_text())["train"]["unlabelled"] == [
         str(tmp_path / "extra")
     ]

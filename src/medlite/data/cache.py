@@ -29,7 +29,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from medlite.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask
 from medlite.data.records import Source
 from medlite.errors import DataError
-from medlite.utils.rundir import write_json
+from medlite.utils.atomic import write_json
 
 # Bump whenever the pipeline or the file layout changes, so old caches are never reused.
 CACHE_FORMAT_VERSION = 1

@@ -26,15 +26,13 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
+from medlite.data.records import ImageInfo
 from medlite.errors import DataError
-
-if TYPE_CHECKING:
-    from medlite.data.imageio import ImageInfo
 
 PIXEL_TAGS: tuple[str, ...] = (
     "SamplesPerPixel",
@@ -212,8 +210,6 @@ def read_dicom(path: str | Path, *, voi_lut: bool = False) -> np.ndarray:
 
 def dicom_info(data: bytes, path: str | Path) -> ImageInfo:
     """Rows, columns, BitsStored and SamplesPerPixel of a DICOM file, without decoding its pixels."""
-    from medlite.data.imageio import ImageInfo
-
     path = Path(path)
     ds = _read_dataset(data, path, pixels=False)
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)

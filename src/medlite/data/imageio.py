@@ -17,12 +17,12 @@ because some OpenCV builds decode a truncated JPEG partially with only a log lin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from medlite.data.records import ImageInfo
 from medlite.errors import DataError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -31,25 +31,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 
 _TAIL_BYTES = 4096  # how much of a file's end the cheap check reads to find an end marker
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """Header facts about one image file.
-
-    Attributes:
-        height: rows in pixels, as stored (before any EXIF orientation).
-        width: columns in pixels.
-        bit_depth: bits per sample as stored (8 or 16 for PNG, 8 or 12 for JPEG, BitsStored for DICOM).
-        channels: samples per pixel as stored (1 gray, 2 gray+alpha, 3 colour, 4 colour+alpha).
-        format: ``"PNG"``, ``"JPEG"``, ``"BMP"``, ``"TIFF"`` or ``"DICOM"``.
-    """
-
-    height: int
-    width: int
-    bit_depth: int
-    channels: int
-    format: str
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -201,7 +182,7 @@ def decode_image(
     if fmt is None:
         raise DataError(f"{path}: not a PNG/JPEG/BMP/TIFF/DICOM file (unknown magic bytes)")
     if fmt == "DICOM":
-        from medlite.data.dicom import decode_dicom  # local import keeps pydicom optional
+        from medlite.data.dicom import decode_dicom  # here: pydicom loads only when a DICOM is read (start-up)
 
         return decode_dicom(buf.tobytes(), path, voi_lut=voi_lut)
     problem = _truncation_problem(fmt, buf.tobytes(), whole=True, file_size=int(buf.size))
@@ -295,7 +276,7 @@ def image_info(path: str | Path, data: bytes | None = None) -> ImageInfo:
     if fmt is None:
         raise DataError(f"{path}: not a PNG/JPEG/BMP/TIFF/DICOM file (unknown magic bytes)")
     if fmt == "DICOM":
-        from medlite.data.dicom import dicom_info
+        from medlite.data.dicom import dicom_info  # here: pydicom loads only for DICOM files (start-up)
 
         return dicom_info(raw, path)
     parsed = None

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Group
-from rich.table import Table
 
 from medlite.data.imageio import decode_image, image_info
 from medlite.data.records import SPLIT_NAMES, Record, Source
@@ -148,76 +146,3 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
         unreadable={"count": len(unreadable), "files": unreadable},
     )
     return summary
-
-
-def _counter_text(counter: dict[str, int]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in counter.items()) or "-"
-
-
-def _duplicates_text(dup: dict[str, Any]) -> str:
-    text = f"{dup['count']} exact duplicate image(s)"
-    if dup.get("cross_split_groups"):
-        text += f"; {dup['cross_split_groups']} group(s) span several splits (leakage)"
-    return text
-
-
-def format_inspection(summary: dict[str, Any]) -> Group:
-    """Render :func:`inspect_source`'s summary as rich tables (overview, class counts, problems).
-
-    Returns:
-        A :class:`rich.console.Group` to pass to ``rich.console.Console.print``.
-    """
-    overview = Table(title="Dataset", show_header=False, title_justify="left")
-    overview.add_column(style="bold")
-    overview.add_column()
-    size = summary.get("image_size") or {}
-    rows = [
-        ("source", f"{summary['kind']}  {summary['location']}"),
-        ("images", f"{summary['total']} in {len(summary['classes'])} classes"),
-        ("examined", f"{summary.get('examined', 0)} (decoded {summary.get('decoded', 0)})"),
-        (
-            "size (HxW)",
-            f"most common {size['most_common']} ({size['most_common_count']}), "
-            f"min {size['min']}, max {size['max']}, {size['distinct']} distinct"
-            if size
-            else "-",
-        ),
-        ("bit depth", _counter_text(summary.get("bit_depth", {}))),
-        ("channels", _counter_text(summary.get("channels", {}))),
-        ("formats", _counter_text(summary.get("formats", {}))),
-        ("duplicates", _duplicates_text(summary["duplicates"])),
-        ("unreadable", f"{summary['unreadable']['count']} file(s)"),
-    ]
-    for key, value in rows:
-        overview.add_row(key, value)
-
-    counts = Table(title="Images per class", title_justify="left")
-    counts.add_column("class")
-    splits = summary.get("split_counts", {})
-    for split in splits:
-        counts.add_column(split, justify="right")
-    counts.add_column("total", justify="right")
-    for cls in summary["classes"]:
-        counts.add_row(cls, *(str(splits[s][cls]) for s in splits), str(summary["counts"][cls]))
-    counts.add_row(
-        "all", *(str(sum(splits[s].values())) for s in splits), str(summary["total"]), style="bold"
-    )
-
-    parts: list[Any] = [overview, counts]
-    if summary["duplicates"]["groups"]:
-        dup = Table(title="Exact duplicates (first groups)", title_justify="left", show_header=False)
-        dup.add_column()
-        for names in summary["duplicates"]["groups"]:
-            dup.add_row(" = ".join(names))
-        parts.append(dup)
-    files = summary["unreadable"]["files"]
-    if files:
-        bad = Table(title="Unreadable files", title_justify="left")
-        bad.add_column("file")
-        bad.add_column("problem")
-        for item in files[:MAX_UNREADABLE_LISTED]:
-            bad.add_row(item["name"], item["reason"])
-        if len(files) > MAX_UNREADABLE_LISTED:
-            bad.add_row("...", f"{len(files) - MAX_UNREADABLE_LISTED} more")
-        parts.append(bad)
-    return Group(*parts)

@@ -15,8 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medlite.data.records import SPLIT_NAMES, Record, Source
-from medlite.data.sources import need_two_classes
+from medlite.data.records import SPLIT_NAMES, Record, Source, need_two_classes
 from medlite.errors import DataError
 
 NPZ_KEYS: tuple[str, ...] = tuple(f"{s}_{k}" for s in SPLIT_NAMES for k in ("images", "labels"))

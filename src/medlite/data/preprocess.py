@@ -21,7 +21,7 @@ Pipeline order:
 6. ``pad`` only: letterbox to S x S with the median of the content's border pixels (the X-ray's own
    background, not a black or white frame). Last, so neither filters nor histograms see the artificial border.
 
-Channels are not stored (the cache is single-channel); :func:`medlite.paradigms.base.normalise_batch` repeats the
+Channels are not stored (the cache is single-channel); :func:`medlite.paradigms.task.normalise_batch` repeats the
 channel for 3-channel models.
 """
 
@@ -49,7 +49,7 @@ class PreprocessConfig(BaseModel):
         gaussian_sigma: Gaussian blur sigma in output pixels; 0 disables it.
         median_ksize: median filter aperture in output pixels, odd >= 3; 0 disables it.
         channels: channels the model receives; applied at tensor time by
-            :func:`medlite.paradigms.base.normalise_batch`, not stored in the cache.
+            :func:`medlite.paradigms.task.normalise_batch`, not stored in the cache.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

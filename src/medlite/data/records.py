@@ -9,10 +9,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from medlite.errors import DataError
+
 SPLIT_NAMES = ("train", "val", "test")
+#: File name of a split manifest (one row per image: file, label, group, split, labelled); see
+#: :class:`medlite.data.splits.SplitManifest`.
+SPLIT_MANIFEST = "splits.csv"
 
 
 @dataclass(frozen=True)
@@ -89,3 +95,29 @@ class Source:
         for r in self.records:
             h.update(f"{r.item}|{r.label}\0".encode())
         return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Header facts about one image file.
+
+    Attributes:
+        height: rows in pixels, as stored (before any EXIF orientation).
+        width: columns in pixels.
+        bit_depth: bits per sample as stored (8 or 16 for PNG, 8 or 12 for JPEG, BitsStored for DICOM).
+        channels: samples per pixel as stored (1 gray, 2 gray+alpha, 3 colour, 4 colour+alpha).
+        format: ``"PNG"``, ``"JPEG"``, ``"BMP"``, ``"TIFF"`` or ``"DICOM"``.
+    """
+
+    height: int
+    width: int
+    bit_depth: int
+    channels: int
+    format: str
+
+
+def need_two_classes(classes: list[str], where: Path) -> None:
+    """Raise :class:`~medlite.errors.DataError` unless a labelled source has at least two classes."""
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(f"needs at least 2 classes, found {found} in {where}")

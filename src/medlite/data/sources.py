@@ -32,8 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medlite.data.files import walk_images
 from medlite.data.imageio import check_image_file, is_image_path, read_image
-from medlite.data.records import SPLIT_NAMES, Record, Source
+from medlite.data.medmnist import npz_source
+from medlite.data.records import SPLIT_NAMES, Record, Source, need_two_classes
+from medlite.data.synthetic import CLASS_SETS, phantom_source
 from medlite.errors import DataError
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "split", "mask")
@@ -77,8 +80,6 @@ def open_source(
     if isinstance(spec, str) and (spec == "synthetic" or spec.startswith("synthetic:")):
         if group_from_filename:
             raise DataError("group_from_filename: synthetic phantoms have no file names")
-        from medlite.data.synthetic import CLASS_SETS, phantom_source
-
         variant = spec.partition(":")[2] or "chestx6"
         if variant not in CLASS_SETS:
             raise DataError(f"{spec}: unknown class set {variant!r}; choose one of {', '.join(CLASS_SETS)}")
@@ -95,8 +96,6 @@ def open_source(
     if suffix == ".npz":
         if group_fn is not None:
             raise DataError(f"group_from_filename: {path} is an npz and has no file names")
-        from medlite.data.medmnist import npz_source
-
         return npz_source(path.resolve(), npz_size=npz_size)
     raise DataError(f"{path}: unknown source type (expected {_EXPECTED})")
 
@@ -128,13 +127,7 @@ def _sorted_classes(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def need_two_classes(classes: list[str], where: Path) -> None:
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise DataError(f"needs at least 2 classes, found {found} in {where}")
-
-
-def _note_skipped(skipped: list[tuple[str, str]], where: Path) -> None:
+def warn_skipped(skipped: list[tuple[str, str]], where: Path) -> None:
     if skipped:
         name, reason = skipped[0]
         warnings.warn(
@@ -145,12 +138,12 @@ def _note_skipped(skipped: list[tuple[str, str]], where: Path) -> None:
         )
 
 
-def _file_part(path: Path, root: Path) -> str:
+def file_fingerprint(path: Path, root: Path) -> str:
     st = path.stat()
     return f"{Path(os.path.relpath(path, root)).as_posix()}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _read_file_record(record: Record) -> np.ndarray:
+def read_file_record(record: Record) -> np.ndarray:
     """Reader of file-backed sources: ``record.item`` is an absolute path."""
     return read_image(str(record.item))
 
@@ -170,17 +163,6 @@ class _MaskFiles:
 
 
 # ------------------------------------------------------------------------------------------------ folder
-def _walk(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted, hidden files and folders excluded."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and is_image_path(Path(dirpath) / name):
-                found.append(Path(dirpath) / name)
-    return found
-
-
 def readable_files(
     paths: list[Path], root: Path, *, strict: bool
 ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
@@ -220,7 +202,7 @@ def _folder_source(root: Path, *, strict: bool, group_fn: GroupFn | None) -> Sou
                 loose += is_image_path(sub)
                 continue
             n_class_dirs += 1
-            files = _walk(sub)
+            files = walk_images(sub)
             if not files:
                 empty.add(sub.name)
             candidates += [(f, sub.name, split) for f in files]
@@ -248,10 +230,10 @@ def _folder_source(root: Path, *, strict: bool, group_fn: GroupFn | None) -> Sou
         cls, split = where[path]
         group = group_fn(path) if group_fn is not None else None
         records.append(Record(item=str(path), label=index[cls], group=group, split=split, name=rel))
-        parts.append(_file_part(path, root))
-    _note_skipped(skipped, root)
+        parts.append(file_fingerprint(path, root))
+    warn_skipped(skipped, root)
     masks = _MaskFiles(folder=str(root / "masks")) if (root / "masks").is_dir() else None
-    return Source("folder", str(root), classes, records, _read_file_record, parts, skipped, masks)
+    return Source("folder", str(root), classes, records, read_file_record, parts, skipped, masks)
 
 
 # --------------------------------------------------------------------------------------------------- CSV
@@ -304,14 +286,14 @@ def _csv_source(path: Path, *, strict: bool, group_fn: GroupFn | None) -> Source
         group = cell.get("patient_id") or (group_fn(file) if group_fn is not None else None)
         split = cell["split"].lower() if "split" in cell else None
         records.append(Record(str(file.resolve()), index[cell["label"]], group, split, cell["path"]))
-        parts.append(_file_part(file, base))
+        parts.append(file_fingerprint(file, base))
         if cell.get("mask"):
             mask = Path(cell["mask"]) if Path(cell["mask"]).is_absolute() else base / cell["mask"]
             if mask.is_file():
                 masks[str(file.resolve())] = str(mask)
             else:
                 missing_masks += 1
-    _note_skipped(skipped, path)
+    warn_skipped(skipped, path)
     if missing_masks:
         warnings.warn(
             f"{path}: {missing_masks} mask file(s) not found; those images have no mask",
@@ -319,4 +301,4 @@ def _csv_source(path: Path, *, strict: bool, group_fn: GroupFn | None) -> Source
             stacklevel=3,
         )
     mask_reader = _MaskFiles(masks=masks) if "mask" in col else None
-    return Source("csv", str(path), classes, records, _read_file_record, parts, skipped, mask_reader)
+    return Source("csv", str(path), classes, records, read_file_record, parts, skipped, mask_reader)

@@ -23,7 +23,7 @@ from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
 from medlite.data.records import SPLIT_NAMES, Source
 from medlite.errors import DataError
-from medlite.utils.rundir import atomic_write
+from medlite.utils.atomic import atomic_write
 
 _MANIFEST_COLUMNS = ("index", "name", "label", "class", "group", "split", "in_fraction")
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from medlite.data.cache import build_cache
+from medlite.data.files import walk_images
+from medlite.data.prepared import DataSettings
 from medlite.data.records import SPLIT_NAMES, Record, Source
+from medlite.data.sources import file_fingerprint, open_source, read_file_record, readable_files, warn_skipped
 from medlite.errors import DataError
 
 #: The one class name of a plain image folder opened as an unlabelled source.
@@ -32,8 +35,6 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
     Raises:
         DataError: missing path, no readable image, or an error of :func:`open_source`.
     """
-    from medlite.data.sources import open_source
-
     path = Path(spec).expanduser()
     if path.is_dir() and not any((path / s).is_dir() for s in SPLIT_NAMES):
         return _image_folder(path.resolve(), strict=strict)
@@ -42,18 +43,17 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
 
 
 def _image_folder(root: Path, *, strict: bool) -> Source:
-    from medlite.data.sources import _file_part, _note_skipped, _read_file_record, _walk, readable_files
-
-    readable, skipped = readable_files(_walk(root), root, strict=strict)
+    readable, skipped = readable_files(walk_images(root), root, strict=strict)
     records = [Record(item=str(path), label=0, name=rel) for path, rel in readable]
-    parts = [_file_part(path, root) for path, _ in readable]
+    parts = [file_fingerprint(path, root) for path, _ in readable]
     if not records:
         raise DataError(f"{root}: no readable image files in it (an unlabelled source needs images)")
-    _note_skipped(skipped, root)
-    return Source("folder", str(root), [UNLABELLED], records, _read_file_record, parts, skipped)
+    warn_skipped(skipped, root)
+    return Source("folder", str(root), [UNLABELLED], records, read_file_record, parts, skipped)
 
 
-def load_unlabelled(spec: str | Path, cfg: Any, *, option: str = "--unlabelled") -> tuple[np.ndarray, np.ndarray]:
+def load_unlabelled(spec: str | Path, cfg: DataSettings, *,
+                    option: str = "--unlabelled") -> tuple[np.ndarray, np.ndarray]:
     """Preprocess ``spec`` like the run ``cfg``'s own data.
 
     Args:
@@ -68,8 +68,6 @@ def load_unlabelled(spec: str | Path, cfg: Any, *, option: str = "--unlabelled")
     Raises:
         DataError: the source cannot be read or holds fewer than 2 usable images.
     """
-    from medlite.data.cache import build_cache
-
     try:
         source = open_unlabelled(spec, strict=cfg.data.strict, seed=cfg.train.seed,
                                  synthetic_per_class=cfg.data.synthetic_per_class,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -31,9 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlite.deploy.predict import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier, run_contract
+from medlite._version import __version__
+from medlite.data.prepared import PreparedData, prepare_data
+from medlite.deploy.classifiers import OnnxClassifier
+from medlite.deploy.contract import INPUT_NAME, OUTPUT_NAME, run_contract, set_metadata
+from medlite.deploy.quantize import quantize_int8
 from medlite.errors import MedliteError, ModelError
-from medlite.utils import rundir
+from medlite.models.inputs import predict_proba
+from medlite.rundir import layout, store
+from medlite.utils import atomic
 
 DEFAULT_OPSET = 17
 """ONNX opset pinned for exports: torch 2.13's TorchScript exporter converts every registered model at it."""
@@ -43,10 +48,9 @@ TORCHSCRIPT_MAX_OPSET = 20
 MAX_OPSET = 23
 DYNAMO_MIN_OPSET = 18
 
-EXPORT_DIR = "export"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-PARITY_FILE = "parity.json"
+# File names of the export folder (kept here too: tests and scripts import them from this module).
+EXPORT_DIR, ONNX_FILE = layout.EXPORT_DIR, layout.ONNX_FILE
+INT8_FILE, PARITY_FILE = layout.INT8_FILE, layout.PARITY_FILE
 
 PARITY_IMAGES = 512  # one flipped decision moves agreement by 0.2 %, well inside the 1 % int8 margin
 CALIBRATION_IMAGES = 128
@@ -56,44 +60,6 @@ FP32_MAX_ABS_DIFF = 1e-3
 MIN_TOP1_AGREEMENT = 0.99
 TIE_TOLERANCE = 1e-6
 _MB = 1e6
-
-
-# ------------------------------------------------------------------------------------------- metadata
-def set_metadata(proto: Any, metadata: dict[str, Any]) -> None:
-    """Store ``metadata`` as JSON under ``metadata_props["medlite"]`` of an ``onnx.ModelProto`` (in place)."""
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    for key, value in [*keep, (METADATA_KEY, json.dumps(metadata, sort_keys=True))]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def write_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
-    """:func:`set_metadata` on the ONNX file at ``path`` (rewritten in place)."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    set_metadata(proto, metadata)
-    onnx.save(proto, str(path))
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The medlite contract stored in an exported ONNX file.
-
-    Raises:
-        ModelError: the file is not an ONNX model or carries no medlite metadata.
-    """
-    import onnx
-
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf / IO errors of assorted types
-        raise ModelError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    raise ModelError(f"{path}: no medlite preprocessing metadata; export the run with `medlite export`")
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -237,7 +203,7 @@ def _subset(indices: np.ndarray, n: int) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, n).round().astype(int)]
 
 
-def _parity_images(data: Any) -> tuple[str, np.ndarray]:
+def _parity_images(data: PreparedData) -> tuple[str, np.ndarray]:
     for split in ("val", "test", "train"):
         idx = data.indices(split, labelled_only=False)
         if len(idx):
@@ -294,20 +260,16 @@ def export_run(
         MedliteError: unknown format, unfinished run, or the fp32 model fails the parity criteria (the
             report is still written; no model file is left behind).
     """
-    from medlite.evaluate.inference import predict_proba
-    from medlite.evaluate.run_eval import load_run_model
-    from medlite.training import prepare_data
-
     if format.lower() != "onnx":
         raise MedliteError(f"--format {format!r}: only 'onnx' is supported")
     if int8_weights is not None and not int8:
         raise MedliteError("--int8-weights sets the int8 model's weight type; add --int8")
     if int8_weights not in (None, "uint8", "int8"):
         raise MedliteError(f"--int8-weights {int8_weights!r}: expected 'uint8' or 'int8'")
-    model, cfg, info = load_run_model(run_dir)
+    model, cfg, info = store.load_run_model(run_dir)
     run_dir = Path(run_dir)
     contract = run_contract(run_dir)
-    data = prepare_data(cfg, manifest=run_dir / rundir.SPLITS, progress=False)
+    data = prepare_data(cfg, manifest=run_dir / layout.SPLITS, progress=False)
     if list(data.classes) != list(contract["classes"]):
         raise MedliteError(f"{run_dir}: data classes {data.classes} differ from run.json "
                            f"{contract['classes']}")
@@ -319,9 +281,7 @@ def export_run(
     out_dir = Path(out) if out is not None else run_dir / EXPORT_DIR
     fp32_path = out_dir / ONNX_FILE
     tmp = out_dir / f".{ONNX_FILE}.{os.getpid()}.check.onnx"
-    import medlite
-
-    metadata = {**contract, "precision": "fp32", "medlite_version": medlite.__version__,
+    metadata = {**contract, "precision": "fp32", "medlite_version": __version__,
                 "torch_version": torch.__version__}
     report: dict[str, Any] = {
         "run_dir": str(run_dir), "model": contract["model"], "classes": contract["classes"], "format": "onnx",
@@ -336,7 +296,7 @@ def export_run(
         fp32.update(passed=not failed, path=str(fp32_path))
         report["fp32"] = fp32
         if failed:
-            rundir.write_json(out_dir / PARITY_FILE, report)
+            atomic.write_json(out_dir / PARITY_FILE, report)
             raise MedliteError(f"{run_dir}: ONNX fp32 parity failed on {len(images)} {split} images "
                                f"({'; '.join(failed)}); see {out_dir / PARITY_FILE}")
         os.replace(tmp, fp32_path)
@@ -346,7 +306,7 @@ def export_run(
     if int8:
         report["int8"] = _export_int8(fp32_path, out_dir, data, contract, images, reference, threshold,
                                       int8_weights or "uint8")
-    rundir.write_json(out_dir / PARITY_FILE, report)
+    atomic.write_json(out_dir / PARITY_FILE, report)
     return report
 
 
@@ -369,15 +329,13 @@ def describe_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _export_int8(fp32_path: Path, out_dir: Path, data: Any, contract: dict[str, Any], images: np.ndarray,
+def _export_int8(fp32_path: Path, out_dir: Path, data: PreparedData, contract: dict[str, Any], images: np.ndarray,
                  reference: np.ndarray, threshold: float | None, weight_type: str) -> dict[str, Any]:
     """Quantise ``fp32_path`` into ``out_dir/model.int8.onnx`` and check it like the fp32 model.
 
     When the int8 model misses the agreement criterion, it is quantised again with more of the leading layers
     in fp32 (:data:`INT8_FP32_LEADING`); ``attempts`` records each try, and the last one is kept.
     """
-    from medlite.deploy.quantize import quantize_int8
-
     idx = data.indices("train", labelled_only=False)
     calibration = np.ascontiguousarray(data.cached.images[_subset(idx, CALIBRATION_IMAGES)])
     int8_path = out_dir / INT8_FILE

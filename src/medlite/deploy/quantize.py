@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from medlite.deploy.predict import normalise
+from medlite.deploy.contract import normalise, read_metadata, write_metadata
 from medlite.errors import DataError
 
 _CALIBRATION_BATCH = 16
@@ -135,7 +135,6 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from medlite.deploy.onnx_export import read_metadata, write_metadata
 
     if not 0.0 <= fp32_leading < 1.0:
         raise ValueError(f"fp32_leading must be in [0, 1), got {fp32_leading}")

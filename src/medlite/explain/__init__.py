@@ -11,8 +11,7 @@ deletion / insertion AUC, ROAD, pointing game, energy in mask. Entry points behi
 >>> result.maps.shape                    # (B, H, W), each map in [0, 1]
 """
 
-from medlite.explain.api import METHODS, create_explainer, explain_images
-from medlite.explain.base import (
+from medlite.explain.explainer import (
     CAMExplainer,
     Explainer,
     Explanation,
@@ -22,14 +21,16 @@ from medlite.explain.base import (
     normalise_maps,
     resolve_layer,
 )
-from medlite.explain.evaluate import EXPLAIN_METRICS, evaluate_explanations, select_images
-from medlite.explain.faithfulness import curve_auc, deletion_insertion_curves, model_scorer
 from medlite.explain.gradcam import GradCAM
+from medlite.explain.images import explain_images
 from medlite.explain.lime import LimeExplainer, superpixels
-from medlite.explain.localisation import energy_in_mask, pointing_game
+from medlite.explain.methods import METHODS, check_methods, create_explainer, resolve_class
+from medlite.explain.metrics.faithfulness import curve_auc, deletion_insertion_curves, model_scorer
+from medlite.explain.metrics.localisation import energy_in_mask, pointing_game
+from medlite.explain.metrics.road import noisy_linear_impute, road_scores
 from medlite.explain.overlay import overlay, to_original_geometry, window
-from medlite.explain.road import noisy_linear_impute, road_scores
 from medlite.explain.scorecam import ScoreCAM
+from medlite.explain.scoring import EXPLAIN_METRICS, evaluate_explanations, select_images
 
 __all__ = [
     "EXPLAIN_METRICS",
@@ -41,6 +42,7 @@ __all__ = [
     "LimeExplainer",
     "ScoreCAM",
     "class_probs",
+    "check_methods",
     "class_scores",
     "create_explainer",
     "curve_auc",
@@ -54,6 +56,7 @@ __all__ = [
     "normalise_maps",
     "overlay",
     "pointing_game",
+    "resolve_class",
     "resolve_layer",
     "road_scores",
     "select_images",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medlite.explain.base import CAMExplainer, class_scores
+from medlite.explain.explainer import CAMExplainer, class_scores
 
 
 class GradCAM(CAMExplainer):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medlite.errors import MedliteError
-from medlite.utils.rundir import atomic_write
+from medlite.utils.atomic import atomic_write
 
 
 @dataclass(frozen=True)

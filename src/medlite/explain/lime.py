@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medlite.errors import MedliteError
-from medlite.explain.base import Explainer, class_probs
+from medlite.explain.explainer import Explainer, class_probs
 
 
 def superpixels(image: np.ndarray, n_segments: int = 50, compactness: float = 0.1) -> np.ndarray:

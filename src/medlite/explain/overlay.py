@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from medlite.errors import MedliteError
-from medlite.utils.rundir import atomic_write
+from medlite.utils.atomic import atomic_write
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 

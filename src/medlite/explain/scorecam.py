@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlite.errors import MedliteError
-from medlite.explain.base import CAMExplainer, class_probs
+from medlite.explain.explainer import CAMExplainer, class_probs
 
 _CONSTANT_RTOL = 1e-6  # a channel whose max - min is below this fraction of its magnitude counts as constant
 

@@ -9,6 +9,7 @@ from medlite.models import (  # noqa: F401  (imported for their @register_model 
     vgg,
     vit,
 )
-from medlite.models.registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
+from medlite.models.factory import create_model
+from medlite.models.registry import ModelCfg, get_model_cfg, list_models, register_model
 
 __all__ = ["ModelCfg", "create_model", "get_model_cfg", "list_models", "register_model"]

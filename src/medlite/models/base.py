@@ -8,7 +8,7 @@ call this interface, never a family's internals.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,14 @@ class ZooModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) float images -> (B, num_classes) logits."""
         return self.forward_head(self.forward_features(x))
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """Constructor options (beyond name, ``num_classes``, ``in_chans``) that change the forward pass.
+
+        A run directory stores them (``run.json`` ``"model_kwargs"``) so evaluate / export / predict rebuild the
+        same architecture; JSON scalars only. Empty for families without such options.
+        """
+        return {}
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer (or 1x1 conv) named by :attr:`classifier_name`."""

@@ -6,6 +6,8 @@ Paradigms touch only the uniform model interface (STYLE A.8 #3): ``forward_featu
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -89,12 +91,20 @@ class EmbeddingHead(nn.Module):
 def set_classifier(model: nn.Module, weight: Tensor, bias: Tensor) -> None:
     """Copy a (C, D) weight and (C,) bias into the model's final linear layer (or 1x1 conv) in place.
 
+    The folded classifier is meant to be the logits' only map from the pooled features, so a SqueezeNet built
+    with torchvision's ReLU'd head (``head_relu=True``, the ``init="imagenet"`` default) has that ReLU turned off,
+    with a warning (``arch_kwargs()`` then records ``head_relu=False`` for the run directory).
+
     Raises:
         ModelError: the classifier is not a linear layer / 1x1 conv of that size.
     """
     head = model.get_classifier()
     if not isinstance(head, (nn.Linear, nn.Conv2d)) or head.weight.numel() != weight.numel():
         raise ModelError(f"{model.cfg.name}: cannot set a {tuple(weight.shape)} linear classifier on {head}")
+    if getattr(model, "head_relu", False):
+        warnings.warn(f"{model.cfg.name}: a linear classifier was fitted on the pooled features, so the ReLU of "
+                      "torchvision's head is turned off (head_relu=False)", stacklevel=2)
+        model.head_relu = False
     with torch.no_grad():
         head.weight.copy_(weight.reshape(head.weight.shape))
         if head.bias is not None:

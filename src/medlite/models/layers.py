@@ -11,12 +11,14 @@ names, so ``load_state_dict`` works on those checkpoints without renaming.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medlite.errors import ModelError
@@ -266,3 +268,41 @@ def check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     return num_classes
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Resample a ``(1, P + h*w, D)`` position embedding to another patch grid.
+
+    The ``P`` prefix (class-token) entries are kept as they are; the ``h*w`` grid entries are reshaped to an
+    image and resized bicubically (``align_corners=False``, as timm).
+
+    Args:
+        pos_embed: ``(1, P + h*w, D)`` float tensor.
+        new_grid: target ``(rows, cols)`` of patches.
+        old_grid: source ``(rows, cols)``; ``None`` assumes a square grid.
+        num_prefix_tokens: ``P``, the leading non-spatial entries (1 for a class token).
+        antialias: low-pass before downsampling; better for offline checkpoint adaptation, but not ONNX
+            exportable, so the forward pass leaves it off.
+
+    Returns:
+        ``(1, P + rows*cols, D)`` tensor of the input's dtype.
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    n, dim = grid.shape[1], grid.shape[2]
+    if old_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"pos_embed has {n} grid entries, which is not a square grid")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    img = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    img = F.interpolate(img, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+    grid = img.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)

@@ -1,8 +1,10 @@
-"""Model registry: ``register_model``, ``create_model``, ``list_models`` and the per-model ``ModelCfg``.
+"""Model registry (data only): ``register_model``, ``list_models``, ``get_model_cfg`` and the per-model ``ModelCfg``.
 
 A model is a function ``name(*, num_classes, in_chans=1, **kwargs) -> nn.Module`` decorated with
-:func:`register_model`. The decorator attaches a frozen :class:`ModelCfg` which every other part of medlite
+:func:`register_model`. The decorator records a frozen :class:`ModelCfg` which every other part of medlite
 reads instead of guessing (input size, first conv, classifier, default CAM layer, intensity convention).
+Family modules register themselves when :mod:`medlite.models` is imported (which importing this module
+always does first); :func:`medlite.models.factory.create_model` builds them.
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -48,6 +48,9 @@ class ModelCfg:
     layout: str = "medlite"
 
 
+#: The ``init=`` value that means "the official ImageNet checkpoint of this architecture".
+IMAGENET = "imagenet"
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, ModelCfg] = {}
 
@@ -65,17 +68,11 @@ def register_model(cfg: ModelCfg) -> Callable[[Callable[..., nn.Module]], Callab
     return decorator
 
 
-def _ensure_families_imported() -> None:
-    # Family modules register themselves on import; importing the package imports them all.
-    import medlite.models  # noqa: F401
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style ``pattern`` (case-insensitive), sorted.
 
     Names starting with ``_`` (private, e.g. registered by a test) are listed only when the pattern starts with ``_``.
     """
-    _ensure_families_imported()
     hidden = not pattern.startswith("_")
     return sorted(n for n in _MODELS
                   if fnmatch.fnmatch(n.lower(), pattern.lower()) and not (hidden and n.startswith("_")))
@@ -83,7 +80,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_model_cfg(name: str) -> ModelCfg:
     """The :class:`ModelCfg` of a registered model; unknown names raise ``ModelError`` with close matches."""
-    _ensure_families_imported()
     if name not in _CFGS:
         close = difflib.get_close_matches(name, list(_CFGS), n=4, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `medlite models` to list them"
@@ -91,33 +87,12 @@ def get_model_cfg(name: str) -> ModelCfg:
     return _CFGS[name]
 
 
-def create_model(
-    name: str,
-    num_classes: int = 1000,
-    in_chans: int = 1,
-    init: str | Path | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model; ``model.cfg`` holds its :class:`ModelCfg`.
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The registered building function of ``name`` (see :func:`get_model_cfg` for unknown names)."""
+    get_model_cfg(name)
+    return _MODELS[name]
 
-    Args:
-        name: a name from :func:`list_models`.
-        num_classes: output logits; 1 gives a single-logit binary head.
-        in_chans: input channels (1 for X-rays, 3 for RGB checkpoints).
-        init: optional checkpoint (``.safetensors`` or ``.pth``/``.pt``/``.ckpt`` read with
-            ``weights_only=True``); matching tensors are loaded, a 3-channel stem is summed to ``in_chans``,
-            a head of another size is re-initialised. The report is stored in ``model.init_report``.
-        **kwargs: family-specific options (e.g. ``drop_rate``).
-    """
-    cfg = get_model_cfg(name)
-    if num_classes < 1:
-        raise ModelError(f"num_classes must be >= 1, got {num_classes}")
-    if in_chans < 1:
-        raise ModelError(f"in_chans must be >= 1, got {in_chans}")
-    model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
-    model.cfg = replace(cfg)
-    if init is not None:
-        from medlite.models.adapt import load_checkpoint
 
-        model.init_report = load_checkpoint(model, init)
-    return model
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered model (private ``_`` names included)."""
+    return name in _MODELS

@@ -30,7 +30,7 @@ complementary two-student variant of Tsutsumi et al. 2025 (arXiv 2508.20461; MET
    two subsets are disjoint when ``D >= 2d`` and overlap (a warning says so) when ``d < D < 2d``.
 
 Special axes: the spatial axes of conv kernels are centre-cropped (a 5x5 kernel gives its central 3x3); a
-stem trained on another channel count is adapted first (:func:`~medlite.models.adapt.adapt_input_conv`);
+stem trained on another channel count is adapted first (:func:`~medlite.models.checkpoint.adapt_input_conv`);
 a ViT position embedding for another grid is resampled first; ViT's fused ``qkv`` axis is treated as three
 stacked copies of the embedding dimension. The classifier (``model.cfg.classifier``) is skipped and keeps
 its fresh initialisation; BatchNorm running statistics are selected with the same indices as their channels;
@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from medlite.errors import ModelError
-from medlite.models.adapt import adapt_input_conv, best_prefix, read_checkpoint
-from medlite.models.vit import resample_pos_embed
+from medlite.models.checkpoint import adapt_input_conv, best_prefix, read_checkpoint
+from medlite.models.layers import resample_pos_embed
 
 SelectionMethod = Literal["uniform", "consecutive", "random-consistent", "random"]
 SELECTION_METHODS: tuple[str, ...] = ("uniform", "consecutive", "random-consistent", "random")
@@ -182,11 +182,9 @@ def _teacher_state(teacher: nn.Module | dict[str, torch.Tensor] | str | Path) ->
         return teacher, "<state dict>"
     path = Path(teacher)
     if path.is_dir():
-        from medlite.utils import rundir
-
-        if not (path / rundir.WEIGHTS).is_file():
-            raise ModelError(f"{path}: not a finished run directory (no {rundir.WEIGHTS}) to select weights from")
-        path = path / rundir.WEIGHTS
+        # Run directories are resolved above this layer (medlite.select_weights, the training workflow).
+        raise ModelError(f"{path}: a folder; give a weights file, or a finished run directory to "
+                         "medlite.select_weights")
     return read_checkpoint(path), str(path)
 
 

@@ -8,9 +8,14 @@ pooling). Parameter names equal torchvision's ``squeezenet1_1`` (``features.0.we
 Head difference from torchvision: torchvision computes ``avgpool(relu(conv1x1(x)))``, i.e. its logits
 pass through a ReLU and can never be negative. That is harmless for ImageNet soft-max training but breaks a
 single-logit binary head (sigmoid never drops below 0.5) and hides information from KD/CAM, so medlite
-omits that ReLU (it has no parameters; checkpoints are unaffected). Without it the 1x1 conv commutes with
+omits that ReLU by default (it has no parameters; checkpoints are unaffected). Without it the 1x1 conv commutes with
 average pooling, so :meth:`SqueezeNet.forward_head` pools first and applies ``classifier.1`` to the pooled
 (B, 512) vector — the same logits as running the conv on the map and pooling, for a 49x smaller head cost.
+
+``head_relu=True`` restores torchvision's head exactly (1x1 conv on the map, ReLU, average pool), so torchvision's
+ImageNet checkpoint with its 1000-class head gives torchvision's logits; ``create_model(..., init="imagenet")``
+turns it on (see :mod:`medlite.models.pretrained`). It is refused for a single logit, whose sigmoid could then
+never drop below 0.5.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from medlite.errors import ModelError
 from medlite.models.base import ZooModel
 from medlite.models.layers import check_num_classes
 from medlite.models.registry import ModelCfg, register_model
@@ -84,6 +91,8 @@ class SqueezeNet(ZooModel):
         num_classes: logits of the 1x1-conv classifier (1 = single binary logit).
         in_chans: channels of the input image.
         drop_rate: dropout before the classifier (0.5 in torchvision).
+        head_relu: torchvision's head ``avgpool(relu(conv1x1(x)))`` (non-negative logits) instead of medlite's
+            ``conv1x1(avgpool(x))``; parameter-free, so checkpoints load either way.
     """
 
     classifier_name = "classifier.1"
@@ -99,9 +108,14 @@ class SqueezeNet(ZooModel):
         num_classes: int = 1000,
         in_chans: int = 1,
         drop_rate: float = 0.5,
+        head_relu: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
+        if head_relu and num_classes == 1:
+            raise ModelError("squeezenet head_relu=True with num_classes=1: a ReLU'd single logit never gives a "
+                             "probability below 0.5; use head_relu=False or 2 classes")
+        self.head_relu = head_relu
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         # Unpadded 3x3/2 stem exactly as torchvision (224 px -> 111 -> pooled 55).
@@ -135,9 +149,19 @@ class SqueezeNet(ZooModel):
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average-pool (B, 512, h, w); return (B, 512) if ``pre_logits``, else (B, num_classes) logits."""
+        """Average-pool (B, 512, h, w); return (B, 512) if ``pre_logits``, else (B, num_classes) logits.
+
+        With ``head_relu`` the logits are torchvision's ``mean(relu(classifier(x)))`` over the map (the ReLU does
+        not commute with pooling); ``pre_logits`` still returns the pooled (B, 512) features.
+        """
+        if self.head_relu and not pre_logits:
+            return F.relu(self.classifier(x)).mean((2, 3))
         x = x.mean((2, 3), keepdim=True)
         return x.flatten(1) if pre_logits else self.classifier(x).flatten(1)
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """``{"head_relu": bool}``: the head option a run directory must rebuild (see :class:`ZooModel`)."""
+        return {"head_relu": self.head_relu}
 
 
 @register_model(

@@ -17,6 +17,13 @@ Two deliberate differences from timm's defaults, both so that CNN tooling (CAMs,
   with class-token pooling loads fine; its 1000-way head is re-initialised anyway when the class count
   differs.
 
+``global_pool="token"`` is timm's reference head instead (``head(norm(x)[:, 0])``, the class token), so a timm
+checkpoint with its 1000-class head gives timm's logits; ``create_model(..., init="imagenet")`` turns it on.
+``forward_features`` then returns the normed class token as a ``(B, D, 1, 1)`` map (the head's mean over it is
+the token itself) and the default CAM layer becomes ``blocks.{depth-1}.norm1``, whose (B, 1 + h*w, D) tokens
+the CAM code folds to a grid: the final patch tokens no longer reach the logits, so ``to_grid`` would give an
+all-zero Grad-CAM.
+
 Inputs need not be 224 px: when the patch grid differs from the 14x14 default, the position embedding is
 resampled bicubically over the grid on the fly (class-token entry kept), so 64 or 128 px inputs work.
 Attention is written with plain ``matmul``/``softmax`` so the model exports to ONNX.
@@ -24,58 +31,20 @@ Attention is written with plain ``matmul``/``softmax`` so the model exports to O
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from medlite.errors import ModelError
 from medlite.models.base import ZooModel
+from medlite.models.layers import resample_pos_embed
 from medlite.models.registry import ModelCfg, register_model
 
 _PAPER = (
     "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale, "
     "ICLR 2021 (arXiv:2010.11929)"
 )
-
-
-def resample_pos_embed(
-    pos_embed: torch.Tensor,
-    new_grid: tuple[int, int],
-    old_grid: tuple[int, int] | None = None,
-    num_prefix_tokens: int = 1,
-    antialias: bool = False,
-) -> torch.Tensor:
-    """Resample a ``(1, P + h*w, D)`` position embedding to another patch grid.
-
-    The ``P`` prefix (class-token) entries are kept as they are; the ``h*w`` grid entries are reshaped to an
-    image and resized bicubically (``align_corners=False``, as timm).
-
-    Args:
-        pos_embed: ``(1, P + h*w, D)`` float tensor.
-        new_grid: target ``(rows, cols)`` of patches.
-        old_grid: source ``(rows, cols)``; ``None`` assumes a square grid.
-        num_prefix_tokens: ``P``, the leading non-spatial entries (1 for a class token).
-        antialias: low-pass before downsampling; better for offline checkpoint adaptation, but not ONNX
-            exportable, so the forward pass leaves it off.
-
-    Returns:
-        ``(1, P + rows*cols, D)`` tensor of the input's dtype.
-    """
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    n, dim = grid.shape[1], grid.shape[2]
-    if old_grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"pos_embed has {n} grid entries, which is not a square grid")
-        old_grid = (side, side)
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    img = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
-    img = F.interpolate(img, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
-    grid = img.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -175,7 +144,7 @@ class TokenGrid(nn.Module):
 
 
 class VisionTransformer(ZooModel):
-    """ViT with a class token, learned absolute position embedding and mean-pooled head.
+    """ViT with a class token, learned absolute position embedding and a mean-pooled (or class-token) head.
 
     Args:
         embed_dim: token width ``D``.
@@ -188,6 +157,8 @@ class VisionTransformer(ZooModel):
         mlp_ratio: MLP hidden width over ``D``.
         drop_rate: dropout after the position embedding, inside blocks and before the head.
         drop_path_rate: stochastic-depth rate, increased linearly from 0 to this over the blocks.
+        global_pool: ``"avg"`` (mean of the patch tokens, medlite's default) or ``"token"`` (the class token,
+            timm's ``global_pool="token"``).
 
     Shapes:
         input ``(B, in_chans, H, W)`` float with ``H, W`` multiples of ``patch_size`` (others are cropped by
@@ -214,10 +185,16 @@ class VisionTransformer(ZooModel):
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if global_pool not in ("avg", "token"):
+            raise ModelError(f"vit global_pool must be 'avg' or 'token', got {global_pool!r}")
+        self.global_pool = global_pool
+        # Read by create_model for model.cfg.cam_layer (see the module docstring).
+        self.default_cam_layer = "to_grid" if global_pool == "avg" else f"blocks.{depth - 1}.norm1"
         self.num_features = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.patch_size = patch_size
@@ -249,19 +226,27 @@ class VisionTransformer(ZooModel):
         return resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W)`` -> normed patch-token grid ``(B, D, H/16, W/16)`` (class token dropped)."""
+        """``(B, in_chans, H, W)`` -> normed patch-token grid ``(B, D, H/16, W/16)`` (class token dropped);
+        with ``global_pool="token"`` the normed class token as ``(B, D, 1, 1)``."""
         x = self.patch_embed(x)
         grid = (int(x.shape[2]), int(x.shape[3]))
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(x + self._pos_embed(grid))
         x = self.norm(self.blocks(x))
+        if self.global_pool == "token":
+            return x[:, 0, :, None, None]
         return self.to_grid(x, grid)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Mean over the grid then ``head``; ``pre_logits`` returns the pooled ``(B, D)`` vector."""
+        """Mean over the map then ``head``; ``pre_logits`` returns the pooled ``(B, D)`` vector (the class token
+        itself with ``global_pool="token"``, whose map is 1x1)."""
         x = self.head_drop(x.mean(dim=(2, 3)))
         return x if pre_logits else self.head(x)
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """``{"global_pool": "avg" | "token"}``: the pooling a run directory must rebuild (see ``ZooModel``)."""
+        return {"global_pool": self.global_pool}
 
 
 def _cfg(name: str) -> ModelCfg:

@@ -1,21 +1,20 @@
-"""Training paradigms: one LightningModule each, sharing :class:`~medlite.paradigms.base.ClassifierTask`."""
+"""Training paradigms: one LightningModule each, sharing :class:`~medlite.paradigms.task.ClassifierTask`."""
 
 from __future__ import annotations
 
 from medlite.errors import MedliteError
-from medlite.paradigms.base import ClassifierTask
 from medlite.paradigms.domain_gap import DomainGapTask
 from medlite.paradigms.dual_skd import DualSKDTask
 from medlite.paradigms.kd import KDTask
 from medlite.paradigms.protonet import ProtoNetTask
-from medlite.paradigms.simclr import SimCLRTask
+from medlite.paradigms.simclr import PreWarmedTask, SimCLRTask
 from medlite.paradigms.supervised import SupervisedTask
+from medlite.paradigms.task import ClassifierTask
 
-# "simclr-pw" is SimCLR pre-training (run by medlite.training before the fit) followed by supervised fine-tuning.
 PARADIGMS: dict[str, type[ClassifierTask]] = {
     "supervised": SupervisedTask,
     "simclr": SimCLRTask,
-    "simclr-pw": SupervisedTask,
+    "simclr-pw": PreWarmedTask,  # SimCLR phase (its before_fit hook), then supervised fine-tuning
     "kd": KDTask,
     "dg": DomainGapTask,
     "dual-skd": DualSKDTask,
@@ -30,5 +29,5 @@ def get_paradigm(name: str) -> type[ClassifierTask]:
     return PARADIGMS[name]
 
 
-__all__ = ["PARADIGMS", "ClassifierTask", "DomainGapTask", "DualSKDTask", "KDTask", "ProtoNetTask", "SimCLRTask",
-           "SupervisedTask", "get_paradigm"]
+__all__ = ["PARADIGMS", "ClassifierTask", "DomainGapTask", "DualSKDTask", "KDTask", "PreWarmedTask", "ProtoNetTask",
+           "SimCLRTask", "SupervisedTask", "get_paradigm"]

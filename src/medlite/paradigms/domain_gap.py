@@ -19,7 +19,7 @@ Run directory: ``model.safetensors`` is the adapted model (AdaBN applied), the o
 domain; its ``metrics.json`` scores it on the *source* test split (how much source performance it keeps).
 ``source_bn/`` is a run directory holding the same weights with the source statistics (with its own source
 ``metrics.json``), so ``medlite evaluate RUNDIR --data TARGET`` can report what AdaBN changed
-(:func:`adaptation_effect`).
+(:func:`adaptation_summary`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medlite.config import RunConfig, load_config
+from medlite.data.prepared import PreparedData
 from medlite.data.unlabelled import load_unlabelled
 from medlite.losses.coral import CORALLoss
+from medlite.metrics.split_eval import evaluate_split
+from medlite.models.checkpoint import save_weights
 from medlite.models.heads import features_and_logits, pooled_features
-from medlite.paradigms.base import ClassifierTask
-from medlite.utils import rundir
-
-#: Sub-directory of a DG run holding the trained weights without AdaBN (source batch-norm statistics).
-SOURCE_BN_DIR = "source_bn"
+from medlite.paradigms.task import ClassifierTask
+from medlite.rundir import layout, store
+from medlite.utils import atomic
 
 
 def batch_norms(model: nn.Module) -> list[_BatchNorm]:
@@ -137,7 +139,8 @@ class DomainGapTask(ClassifierTask):
         self.coral = CORALLoss()
 
     @classmethod
-    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> DomainGapTask:
+    def from_config(cls, model: nn.Module, *, cfg: RunConfig, data: PreparedData, out: Path,
+                    **kwargs: Any) -> DomainGapTask:
         images, indices = load_unlabelled(cfg.train.target, cfg, option="--target")
         if not batch_norms(model):
             warnings.warn(
@@ -169,7 +172,7 @@ class DomainGapTask(ClassifierTask):
             loss = loss + self.coral_weight * coral
         return loss
 
-    def finalize(self, data: Any, out: Path) -> None:
+    def finalize(self, data: PreparedData, out: Path) -> None:
         """Keep the source-statistics model as ``out/source_bn`` (scored on the source test split there), then
         apply AdaBN on the target images."""
         write_source_bn_run(out, self.model, data, self.in_chans)
@@ -182,53 +185,33 @@ class DomainGapTask(ClassifierTask):
         )
 
 
-def write_source_bn_run(out: Path, model: nn.Module, data: Any, in_chans: int) -> Path:
+def write_source_bn_run(out: Path, model: nn.Module, data: PreparedData, in_chans: int) -> Path:
     """Make ``out/source_bn`` a run directory of ``model`` as it is now (before AdaBN): config and split
     copied, ``run.json``, weights, and ``metrics.json`` on the source's test split (else validation split)."""
-    from medlite.config import load_config
-    from medlite.evaluate.run_eval import evaluate_prepared, save_run_info
-    from medlite.models.adapt import save_weights
-
-    sub = out / SOURCE_BN_DIR
+    sub = out / layout.SOURCE_BN_DIR
     sub.mkdir(parents=True, exist_ok=True)
-    for name in (rundir.CONFIG, rundir.SPLITS):
+    for name in (layout.CONFIG, layout.SPLITS):
         if (out / name).is_file():
             shutil.copyfile(out / name, sub / name)
-    save_run_info(sub, load_config(out / rundir.CONFIG), model, data.classes)
-    save_weights(model, sub / rundir.WEIGHTS)
-    split = "test" if len(data.indices("test", labelled_only=False)) else "val"
+    store.save_run_info(sub, load_config(out / layout.CONFIG), model, data.classes)
+    save_weights(model, sub / layout.WEIGHTS)
     with torch.inference_mode():
-        metrics = evaluate_prepared(model.eval(), data, split, in_chans, sub, plots=False)
-    rundir.write_json(sub / rundir.METRICS, metrics)
+        metrics = evaluate_split(model.eval(), data, data.eval_split, in_chans)
+    atomic.write_json(sub / layout.METRICS, metrics)
     return sub
 
 
-def adaptation_effect(
-    run_dir: str | Path,
-    data: str,
-    adapted: dict[str, Any],
-    split: str = "test",
-) -> dict[str, Any] | None:
+def adaptation_summary(adapted: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     """What AdaBN changed on another source: the DG run's metrics beside those of its ``source_bn`` weights.
 
     Args:
-        run_dir: a run directory; runs without ``source_bn/`` (every paradigm but ``dg``) give ``None``.
-        data: the other source (usually the target domain), scored like ``medlite evaluate --data``.
-        adapted: the metrics of ``run_dir`` itself on ``data``
-            (:func:`~medlite.evaluate.run_eval.evaluate_run`).
-        split: the split of ``data`` scored.
+        adapted: metrics of the DG run itself on the other source (usually the target domain).
+        baseline: metrics of its ``source_bn`` run directory on the same images.
 
     Returns:
         ``{"adabn": {...}, "source_bn": {...}, "delta_accuracy": float, "delta_auc_macro": float | None}``;
-        the inner dicts hold accuracy, balanced accuracy and macro AUC. The ``source_bn`` metrics are also
-        written to ``RUNDIR/source_bn/eval-<name of data>/``.
+        the inner dicts hold accuracy, balanced accuracy and macro AUC.
     """
-    from medlite.evaluate.run_eval import evaluate_run
-
-    sub = Path(run_dir) / SOURCE_BN_DIR
-    if not (sub / rundir.WEIGHTS).is_file():
-        return None
-    baseline = evaluate_run(sub, data=data, split=split, out=sub / f"eval-{Path(data).stem}")
     keys = ("accuracy", "balanced_accuracy", "auc_macro")
     rows = {name: {k: m.get(k) for k in keys} for name, m in (("adabn", adapted), ("source_bn", baseline))}
     auc = (rows["adabn"]["auc_macro"], rows["source_bn"]["auc_macro"])

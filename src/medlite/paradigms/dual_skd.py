@@ -32,14 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
+from torchmetrics.functional.classification import multiclass_auroc
 
+from medlite.config import RunConfig
+from medlite.data.prepared import PreparedData
 from medlite.errors import MedliteError
 from medlite.losses.distill import KDLoss
-from medlite.paradigms.base import ClassifierTask
+from medlite.models import create_model
+from medlite.models.inputs import predict_proba
+from medlite.models.selection import select_weights
+from medlite.paradigms.task import ClassifierTask
+from medlite.rundir import layout, store
+from medlite.utils import atomic
 
-#: Record of a dual-skd run: mode, momentum, selections, validation scores of A and B, which was kept.
-DUAL_SKD = "dual_skd.json"
 SKD_MODES = ("ema", "swap", "mutual", "ema-only")
 
 
@@ -59,6 +64,16 @@ def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
 def _macro_auc(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     present = torch.unique(targets)
     return multiclass_auroc(probs, targets, num_classes=num_classes, average=None)[present].mean()
+
+
+def dual_skd_note(run_dir: Path) -> list[str]:
+    """The model-card line of a dual-skd run: which student was kept and why."""
+    if not (run_dir / layout.DUAL_SKD).is_file():
+        return []
+    d = atomic.read_json(run_dir / layout.DUAL_SKD)
+    scores = ", ".join(f"{k} {v['auc_macro']:.3f}" for k, v in d.get("val", {}).items())
+    return [f"dual-skd ({d['mode']}): kept student {d['kept']}"
+            + (f" (val macro AUC {scores})" if scores else f" ({d['reason']})")]
 
 
 class DualSKDTask(ClassifierTask):
@@ -100,24 +115,21 @@ class DualSKDTask(ClassifierTask):
         self._val_probs_b: list[torch.Tensor] = []
 
     @classmethod
-    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> DualSKDTask:
+    def from_config(cls, model: nn.Module, *, cfg: RunConfig, data: PreparedData, out: Path,
+                    **kwargs: Any) -> DualSKDTask:
         """Select A and B from ``cfg.train.teacher[0]`` (complementary subsets; ``swap`` exchanges them).
 
         A resumed run (``out/last.ckpt`` exists) restores both students from its checkpoint, so nothing is
         selected and the teacher file is not read again.
         """
-        from medlite.models import create_model
-        from medlite.models.selection import select_weights
-        from medlite.utils import rundir
-
         t = cfg.train
-        teacher = t.teacher[0]
+        teacher = store.resolve_weights(t.teacher[0])
         stage2 = t.finetune_epochs if t.finetune_epochs is not None else max(1, round(0.1 * t.epochs))
         if t.finetune_epochs is not None and t.finetune_epochs >= t.epochs:
             raise MedliteError(f"--finetune-epochs {t.finetune_epochs} leaves no stage-1 epoch of --epochs {t.epochs}")
         stage2 = min(stage2, t.epochs - 1)
         first, second = (1, 0) if t.skd_mode == "swap" else (0, 1)
-        resumed = (out / rundir.LAST_CKPT).is_file()
+        resumed = (out / layout.LAST_CKPT).is_file()
         overlapping: list[tuple[int, int]] = []
         if t.skd_mode == "ema-only":
             if not resumed:
@@ -190,13 +202,10 @@ class DualSKDTask(ClassifierTask):
         if not self._val_probs:
             self._val_probs_b.clear()
             return
-        c = self.num_classes
-        targets = self.all_gather(torch.cat(self._val_targets)).reshape(-1)
+        targets = torch.cat(self._val_targets)
         scores, accs = {}, {}
         for name, chunks in (("a", self._val_probs), ("b", self._val_probs_b)):
-            probs = self.all_gather(torch.cat(chunks)).reshape(-1, c)
-            scores[name] = _macro_auc(probs, targets, c)
-            accs[name] = multiclass_accuracy(probs, targets, num_classes=c, average="micro")
+            accs[name], scores[name] = self.validation_scores(torch.cat(chunks), targets)
             self.log(f"val_acc_{name}", accs[name])
             self.log(f"val_auc_{name}", scores[name])
         self._val_probs.clear()
@@ -207,12 +216,13 @@ class DualSKDTask(ClassifierTask):
         self.log("val_auc", scores[better], prog_bar=True)
         self.log("val_acc", accs[better], prog_bar=True)
 
-    # -- after training -------------------------------------------------------------------------------
-    def finalize(self, data: Any, out: Path) -> None:
-        """Keep the better of A and B on the validation split (in ``self.model``); write ``dual_skd.json``."""
-        from medlite.evaluate.inference import predict_proba
-        from medlite.utils import rundir
+    @classmethod
+    def notes(cls, run_dir: Path) -> list[str]:
+        return dual_skd_note(run_dir)
 
+    # -- after training -------------------------------------------------------------------------------
+    def finalize(self, data: PreparedData, out: Path) -> None:
+        """Keep the better of A and B on the validation split (in ``self.model``); write ``dual_skd.json``."""
         record: dict[str, Any] = {"mode": self.mode, "alpha": self.alpha, "temperature": self.skd_loss.temperature,
                                   "ema_momentum": None if self.mode == "mutual" else self.momentum,
                                   "stage1_epochs": self.stage1_epochs, "finetune_lr_factor": self.finetune_lr_factor,
@@ -234,7 +244,7 @@ class DualSKDTask(ClassifierTask):
         else:
             record["reason"] = "no validation split: the online student A is kept"
         record["kept"] = kept
-        rundir.write_json(out / DUAL_SKD, record)
+        atomic.write_json(out / layout.DUAL_SKD, record)
 
 
-__all__ = ["DUAL_SKD", "SKD_MODES", "DualSKDTask", "ema_update"]
+__all__ = ["SKD_MODES", "DualSKDTask", "ema_update"]

@@ -26,30 +26,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlite.config import RunConfig
+from medlite.data.prepared import PreparedData
 from medlite.errors import MedliteError
 from medlite.losses.distill import KDLoss
-from medlite.paradigms.base import ClassifierTask, normalise_batch
-from medlite.utils import rundir
+from medlite.models import create_model
+from medlite.models.inputs import normalise_batch
+from medlite.paradigms.task import ClassifierTask
+from medlite.rundir import layout, store
+from medlite.utils import atomic
 
 #: File of the teacher-logit cache inside the run directory.
 TEACHER_CACHE = "teacher_logits.npz"
 
 
-def load_teachers(cfg: Any, classes: list[str]) -> list[tuple[nn.Module, int, str]]:
+def load_teachers(cfg: RunConfig, classes: list[str]) -> list[tuple[nn.Module, int, str]]:
     """Build the frozen teachers of a run config: ``(model in eval mode, in_chans, description)`` each.
 
     Raises:
         MedliteError: no teacher given, a teacher run with other classes, or a ``teacher_init`` that has no
             classifier for ``len(classes)`` classes (a teacher with a random head would teach noise).
     """
-    from medlite.evaluate.run_eval import load_run_model
-    from medlite.models import create_model
-    from medlite.training import resolve_init
-
     t = cfg.train
     teachers: list[tuple[nn.Module, int, str]] = []
     for spec in t.teacher:
-        model, teacher_cfg, info = load_run_model(spec)
+        model, teacher_cfg, info = store.load_run_model(spec)
         if info["classes"] != classes:
             raise MedliteError(
                 f"--teacher {spec}: classes {info['classes']} differ from the data's {classes}"
@@ -65,7 +66,7 @@ def load_teachers(cfg: Any, classes: list[str]) -> list[tuple[nn.Module, int, st
                 UserWarning,
                 stacklevel=2,
             )
-        weights = Path(spec) / rundir.WEIGHTS
+        weights = Path(spec) / layout.WEIGHTS
         teachers.append(
             (model, int(info["in_chans"]), f"{spec}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}")
         )
@@ -74,7 +75,7 @@ def load_teachers(cfg: Any, classes: list[str]) -> list[tuple[nn.Module, int, st
             raise MedliteError(
                 "--teacher-model needs --teacher-init FILE (a checkpoint with the run's classes)"
             )
-        init = resolve_init(t.teacher_init)
+        init = store.resolve_init(t.teacher_init)
         model = create_model(
             t.teacher_model, num_classes=len(classes), in_chans=cfg.preprocess.channels, init=init
         )
@@ -143,7 +144,8 @@ class KDTask(ClassifierTask):
             self._load_cache(cache_path)
 
     @classmethod
-    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> KDTask:
+    def from_config(cls, model: nn.Module, *, cfg: RunConfig, data: PreparedData, out: Path,
+                    **kwargs: Any) -> KDTask:
         teachers = load_teachers(cfg, data.classes)
         cache = out / TEACHER_CACHE if cfg.train.augment == "none" else None
         signature = "|".join(desc for _, _, desc in teachers)
@@ -218,7 +220,7 @@ class KDTask(ClassifierTask):
                 logits=np.stack(list(self._cache.values())),
                 signature=np.array(self.cache_signature),
             )
-            with rundir.atomic_write(self.cache_path, "wb") as handle:
+            with atomic.atomic_write(self.cache_path, "wb") as handle:
                 handle.write(buffer.getvalue())
             self._cache_dirty = False
 

@@ -29,18 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
+from medlite.config import RunConfig
 from medlite.data.episodes import EpisodeSampler, query_counts
-from medlite.evaluate.few_shot import EPISODIC, episodes_possible, episodic_accuracy, fit_prototype_classifier
+from medlite.data.prepared import PreparedData
 from medlite.losses.prototypical import class_prototypes, prototype_logits, prototypical_loss
+from medlite.metrics.probes import episodes_possible, episodic_accuracy, fit_prototype_classifier
+from medlite.models.checkpoint import save_weights
 from medlite.models.heads import EmbeddingHead, pooled_features
-from medlite.paradigms.base import ClassifierTask, embed_images
-from medlite.utils import rundir
+from medlite.models.inputs import embed_images
+from medlite.paradigms.task import ClassifierTask
+from medlite.rundir import layout
+from medlite.utils import atomic
 from medlite.utils.seed import derive_seed
 
-#: File of the trained embedding head in a ProtoNet run directory.
-EMBEDDING = "embedding.safetensors"
 _BANK_LIMIT = 2048
 
 
@@ -84,7 +86,8 @@ class ProtoNetTask(ClassifierTask):
         self._val_embeddings: list[torch.Tensor] = []
 
     @classmethod
-    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> ProtoNetTask:
+    def from_config(cls, model: nn.Module, *, cfg: RunConfig, data: PreparedData, out: Path,
+                    **kwargs: Any) -> ProtoNetTask:
         t = cfg.train
         train_idx = data.indices("train")
         labels = data.cached.labels[train_idx]
@@ -137,24 +140,22 @@ class ProtoNetTask(ClassifierTask):
         self._val_targets.clear()
         with torch.no_grad():
             probs = prototype_logits(embeddings, self._bank_prototypes()).softmax(dim=1)
-        probs = self.all_gather(probs).reshape(-1, self.num_classes)
-        targets = self.all_gather(targets).reshape(-1)
+        self.log_validation(probs, targets)
         present = torch.unique(targets)
-        auc = multiclass_auroc(probs, targets, num_classes=self.num_classes, average=None)[present].mean()
-        self.log("val_acc", multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro"),
-                 prog_bar=True)
-        self.log("val_auc", auc, prog_bar=True)
         if len(present) >= 2 and int(torch.bincount(targets)[present].min()) > self.k_shot:  # silent: every epoch
             episodic = episodic_accuracy(embeddings.cpu(), targets.cpu().numpy(), n_way=self.n_way,
                                          k_shot=self.k_shot, q_query=self.q_query, episodes=self.eval_episodes,
                                          seed=self.seed)
             self.log("val_episode_acc", episodic["accuracy"])
 
-    # -- after training -------------------------------------------------------------------------------
-    def finalize(self, data: Any, out: Path) -> None:
-        """Fold the prototypes of every labelled training image into the classifier; score test episodes."""
-        from medlite.models.adapt import save_weights
+    @classmethod
+    def notes(cls, run_dir: Path) -> list[str]:
+        """The test episodes' accuracy (``episodic.json``)."""
+        return episodic_note(run_dir / layout.EPISODIC)
 
+    # -- after training -------------------------------------------------------------------------------
+    def finalize(self, data: PreparedData, out: Path) -> None:
+        """Fold the prototypes of every labelled training image into the classifier; score test episodes."""
         model, head = self.model.eval(), self.embedding.eval()
         device = next(model.parameters()).device
 
@@ -165,8 +166,8 @@ class ProtoNetTask(ClassifierTask):
         with torch.no_grad():
             bank = embed_images(model, data.cached.images, train_idx, prepare, device=device, head=head).cpu()
         fit_prototype_classifier(model, bank, data.cached.labels[train_idx], self.num_classes, head=head)
-        save_weights(head, out / EMBEDDING, metadata={"medlite_part": "protonet_embedding"})
-        split = "test" if len(data.indices("test", labelled_only=False)) else "val"
+        save_weights(head, out / layout.EMBEDDING, metadata={"medlite_part": "protonet_embedding"})
+        split = data.eval_split
         split_idx = data.indices(split, labelled_only=False)
         if not episodes_possible(data.cached.labels[split_idx], self.k_shot, f"the {split} split"):
             return
@@ -174,7 +175,16 @@ class ProtoNetTask(ClassifierTask):
             features = embed_images(model, data.cached.images, split_idx, prepare, device=device, head=head).cpu()
         episodic = episodic_accuracy(features, data.cached.labels[split_idx], n_way=self.n_way, k_shot=self.k_shot,
                                      q_query=self.q_query, episodes=self.eval_episodes, seed=self.seed)
-        rundir.write_json(out / EPISODIC, {**episodic, "split": split})
+        atomic.write_json(out / layout.EPISODIC, {**episodic, "split": split})
 
 
-__all__ = ["EMBEDDING", "ProtoNetTask"]
+def episodic_note(path: Path) -> list[str]:
+    """One line on an ``episodic.json`` (ProtoNet runs, the prototype baseline), or none without the file."""
+    if not path.is_file():
+        return []
+    e = atomic.read_json(path)
+    return [f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot, {e['q_query']} "
+            f"queries): accuracy {e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"]
+
+
+__all__ = ["ProtoNetTask", "episodic_note"]

@@ -23,53 +23,25 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
 from medlite.data.augment import SimCLRViews, XrayAugmentConfig
-from medlite.errors import MedliteError
 from medlite.losses.contrastive import NTXentLoss
-from medlite.models.heads import SimCLRProjectionHead, pooled_features, set_classifier
-from medlite.paradigms.base import ClassifierTask, embed_images, normalise_batch
-from medlite.utils import rundir
+from medlite.metrics.probes import knn_predict, linear_probe
+from medlite.models.checkpoint import save_encoder
+from medlite.models.heads import SimCLRProjectionHead, pooled_features
+from medlite.models.inputs import embed_images, normalise_batch
+from medlite.paradigms.supervised import SupervisedTask
+from medlite.paradigms.task import ClassifierTask, TrainFn
+from medlite.rundir import layout
 
-#: File name of the pre-trained encoder in a SimCLR run directory (the model without its classifier).
-ENCODER = "encoder.safetensors"
-#: Sub-directory of a ``simclr-pw`` run that holds the SimCLR phase as a complete run directory.
-PRETRAIN_DIR = "pretrain"
-
-
-def knn_predict(
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    query: torch.Tensor,
-    num_classes: int,
-    k: int = 20,
-    temperature: float = 0.1,
-) -> torch.Tensor:
-    """Weighted kNN class probabilities (Wu et al., CVPR 2018; the usual SSL monitor).
-
-    Args:
-        bank: (M, D) features of labelled reference images.
-        bank_labels: int64 (M,) their classes in [0, num_classes).
-        query: (N, D) features to classify.
-        num_classes: C.
-        k: neighbours (capped at M).
-        temperature: the vote of a neighbour with cosine similarity s is ``exp(s / temperature)``.
-
-    Returns:
-        float32 (N, C) probabilities: each class's share of the k neighbours' vote mass.
-    """
-    bank = torch.nn.functional.normalize(bank.float(), dim=1)
-    query = torch.nn.functional.normalize(query.float(), dim=1)
-    sims, idx = (query @ bank.T).topk(min(k, bank.shape[0]), dim=1)
-    votes = torch.zeros(query.shape[0], num_classes, device=query.device)
-    votes.scatter_add_(1, bank_labels.to(query.device)[idx], (sims / temperature).exp())
-    return votes / votes.sum(dim=1, keepdim=True)
+if TYPE_CHECKING:
+    from medlite.config import RunConfig
+    from medlite.data.prepared import PreparedData
 
 
 class SimCLRTask(ClassifierTask):
@@ -114,7 +86,8 @@ class SimCLRTask(ClassifierTask):
         self._val_features: list[torch.Tensor] = []
 
     @classmethod
-    def from_config(cls, model: nn.Module, *, cfg: Any, data: Any, out: Path, **kwargs: Any) -> SimCLRTask:
+    def from_config(cls, model: nn.Module, *, cfg: RunConfig, data: PreparedData, out: Path,
+                    **kwargs: Any) -> SimCLRTask:
         """The kNN bank is at most 2,048 labelled training images (a fixed random subset), which bounds the
         cost of the per-epoch monitor to one forward pass over them."""
         labelled = data.indices("train")
@@ -175,22 +148,18 @@ class SimCLRTask(ClassifierTask):
             probs = knn_predict(
                 bank, torch.from_numpy(self.knn_labels), features, self.num_classes, self.knn_k
             )
-        probs = self.all_gather(probs).reshape(-1, self.num_classes)
-        targets = self.all_gather(targets).reshape(-1)
-        present = torch.unique(targets)
-        auc = multiclass_auroc(probs, targets, num_classes=self.num_classes, average=None)[present].mean()
-        self.log(
-            "val_knn_acc",
-            multiclass_accuracy(probs, targets, num_classes=self.num_classes, average="micro"),
-            prog_bar=True,
-        )
-        self.log("val_auc", auc, prog_bar=True)  # kNN macro AUC: what checkpointing and early stopping follow
+        # kNN accuracy and macro AUC: what checkpointing and early stopping follow.
+        self.log_validation(probs, targets, acc_name="val_knn_acc")
 
     # -- after training -------------------------------------------------------------------------------
-    def finalize(self, data: Any, out: Path) -> None:
+    @classmethod
+    def notes(cls, run_dir: Path) -> list[str]:
+        return ["test metrics are those of a linear probe (logistic regression) on the frozen SimCLR encoder"]
+
+    def finalize(self, data: PreparedData, out: Path) -> None:
         """Save the encoder, then fit a linear probe on the labelled training images as the classifier."""
         model = self.model.eval()
-        save_encoder(model, out / ENCODER)
+        save_encoder(model, out / layout.ENCODER)
         labelled = data.indices("train")
         device = next(model.parameters()).device
         features = embed_images(
@@ -202,83 +171,33 @@ class SimCLRTask(ClassifierTask):
         )
 
 
-def save_encoder(model: nn.Module, path: Path) -> Path:
-    """Write the model's weights without its classifier (``model.cfg.classifier``) to ``path`` (.safetensors).
-
-    ``create_model(name, init=path)`` then loads everything but the head, which keeps a fresh initialisation
-    for any number of classes. The file is written atomically (temporary file + rename).
-    """
-    from safetensors.torch import save
-
-    head = f"{model.cfg.classifier}." if model.cfg.classifier else None
-    tensors = {
-        k: v.detach().to("cpu", copy=True).contiguous()
-        for k, v in model.state_dict().items()
-        if head is None or not k.startswith(head)
-    }
-    metadata = {"format": "pt", "medlite_model": model.cfg.name, "medlite_part": "encoder"}
-    with rundir.atomic_write(path, "wb") as handle:
-        handle.write(save(tensors, metadata=metadata))
-    return path
-
-
-def linear_probe(
-    model: nn.Module, features: np.ndarray, labels: np.ndarray, num_classes: int, balanced: bool = False
-) -> float:
-    """Fit multinomial logistic regression on frozen features and install it as the model's classifier.
-
-    Args:
-        model: a zoo model whose classifier maps ``num_features`` -> ``num_classes``.
-        features: float (N, D) pooled features (:func:`embed_images`).
-        labels: int (N,) classes; at least two classes must be present.
-        num_classes: C; classes absent from ``labels`` get a logit far below the others.
-        balanced: weight classes inversely to their frequency.
-
-    Returns:
-        Training accuracy of the probe.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise MedliteError("linear probe: the labelled training images hold fewer than 2 classes")
-    scaler = StandardScaler().fit(features)
-    clf = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None)
-    clf.fit(scaler.transform(features), labels)
-    coef = clf.coef_ if len(present) > 2 else np.vstack([np.zeros_like(clf.coef_), clf.coef_])
-    intercept = clf.intercept_ if len(present) > 2 else np.concatenate([[0.0], clf.intercept_])
-    # Fold the standardisation into the layer: w . (x - mu) / s + b = (w / s) . x + (b - w . mu / s).
-    scaled = coef / scaler.scale_
-    weight = np.zeros((num_classes, features.shape[1]))
-    bias = np.full(num_classes, -1e4)
-    weight[present] = scaled
-    bias[present] = intercept - scaled @ scaler.mean_
-    set_classifier(model, torch.from_numpy(weight).float(), torch.from_numpy(bias).float())
-    return float(clf.score(scaler.transform(features), labels))
-
-
-def pretrain_encoder(cfg: Any, out: Path, *, callbacks: Sequence[Any] = (), progress: bool = True) -> Path:
+def pretrain_encoder(cfg: RunConfig, out: Path, train_fn: TrainFn, *, callbacks: Sequence[Any] = (),
+                     progress: bool = True) -> Path:
     """Run (or resume, or reuse) the SimCLR phase of a ``simclr-pw`` run in ``out``; return its encoder file.
 
     The phase is a complete run directory with ``paradigm: simclr`` and ``epochs = pretrain_epochs`` and the
-    same data settings and seed, hence the same split. A finished phase is reused, an interrupted one resumed
-    from its ``last.ckpt``; one that never reached a checkpoint is started again.
+    same data settings and seed, hence the same split, trained by ``train_fn`` (the training workflow). A
+    finished phase is reused, an interrupted one resumed from its ``last.ckpt``; one that never reached a
+    checkpoint is started again.
     """
-    from medlite.training import train
-
-    encoder = out / ENCODER
-    if encoder.is_file() and (out / rundir.WEIGHTS).is_file():
+    encoder = out / layout.ENCODER
+    if encoder.is_file() and (out / layout.WEIGHTS).is_file():
         return encoder
-    resume = (out / rundir.LAST_CKPT).is_file()
+    resume = (out / layout.LAST_CKPT).is_file()
     if not resume and out.exists():
         shutil.rmtree(out)  # nothing in it survives a restart: no checkpoint was ever written
     phase = cfg.train.model_copy(update={"paradigm": "simclr", "epochs": cfg.train.pretrain_epochs})
-    train(
-        cfg.model_copy(update={"train": phase}),
-        out=out,
-        resume=resume,
-        callbacks=callbacks,
-        progress=progress,
-    )
+    train_fn(cfg.model_copy(update={"train": phase}), out=out, resume=resume, callbacks=callbacks,
+             progress=progress)
     return encoder
+
+
+class PreWarmedTask(SupervisedTask):
+    """``simclr-pw`` (HybridNet-XR -PW): supervised fine-tuning from the encoder of a SimCLR phase run first
+    as the complete run directory ``RUNDIR/pretrain``."""
+
+    @classmethod
+    def before_fit(cls, cfg: RunConfig, out: Path, train_fn: TrainFn, *, callbacks: Sequence[Any] = (),
+                   progress: bool = True) -> str | None:
+        return str(pretrain_encoder(cfg, out / layout.PRETRAIN_DIR, train_fn, callbacks=callbacks,
+                                    progress=progress))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medlite.paradigms.base import ClassifierTask
+from medlite.paradigms.task import ClassifierTask
 
 
 class SupervisedTask(ClassifierTask):

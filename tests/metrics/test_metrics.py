@@ -1,4 +1,4 @@
-"""medlite.evaluate.metrics against scikit-learn / torchmetrics references and hand-computed values."""
+"""medlite.metrics.classification against scikit-learn / torchmetrics references and hand-computed values."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_auroc, multiclass_calibration_error
 
+from medlite.cli.render import format_metrics
 from medlite.errors import MedliteError
-from medlite.evaluate.bootstrap import _accuracy_from_counts, _stratified_counts, auc_from_counts
-from medlite.evaluate.metrics import (
+from medlite.metrics.bootstrap import _accuracy_from_counts, _stratified_counts, auc_from_counts
+from medlite.metrics.classification import (
     compute_metrics,
-    format_metrics,
     probs_from_logits,
     reliability_bins,
     roc_curves,

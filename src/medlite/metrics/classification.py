@@ -17,18 +17,18 @@ are float32), so point estimates equal scikit-learn's and are computed like ever
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from rich.table import Table
 from torchmetrics.functional.classification import binary_roc, binary_stat_scores, multiclass_confusion_matrix
 
 from medlite.errors import MedliteError
-from medlite.evaluate.bootstrap import auc_from_counts, bootstrap_ci
+from medlite.metrics.bootstrap import auc_from_counts, bootstrap_ci
+from medlite.models.inputs import probs_from_logits
 
-__all__ = ["ReliabilityBins", "compute_metrics", "format_metrics", "probs_from_logits", "reliability_bins",
+__all__ = ["ReliabilityBins", "compute_metrics", "probs_from_logits", "reliability_bins",
            "roc_curves", "youden_threshold"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
@@ -95,27 +95,6 @@ def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """float64 num / den, 0 where den == 0 (scikit-learn's zero_division=0)."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
-
-
-def probs_from_logits(logits: ArrayLike) -> np.ndarray:
-    """Turn model outputs into class probabilities.
-
-    Args:
-        logits: float (N,) or (N, 1) single-logit binary outputs (sigmoid), or (N, C >= 2) logits (softmax).
-
-    Returns:
-        float64 (N, C) probabilities, rows summing to 1; a single logit becomes (N, 2) ``[1 - p, p]``.
-    """
-    arr = torch.as_tensor(_as_numpy(logits, "logits")).double()
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] < 2 and arr.shape[0] > 0):
-        raise MedliteError(f"logits: expected shape (N,), (N, 1) or (N, C >= 2), got {tuple(arr.shape)}")
-    if not torch.isfinite(arr).all():
-        raise MedliteError("logits: contain NaN or inf")
-    if arr.ndim == 1:  # sigmoid(-x) rather than 1 - sigmoid(x) keeps precision for large logits
-        return torch.stack([torch.sigmoid(-arr), torch.sigmoid(arr)], dim=1).numpy()
-    return torch.softmax(arr, dim=1).numpy()
 
 
 class ReliabilityBins(NamedTuple):
@@ -332,59 +311,3 @@ def roc_curves(probs: ArrayLike, targets: ArrayLike,
         fpr, tpr, _ = binary_roc(torch.from_numpy(p[:, k]), torch.from_numpy(positive.astype(np.int64)))
         curves[keys[k]] = (fpr.numpy(), tpr.numpy())
     return curves
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _table(title: str, columns: Sequence[str], left: int = 1) -> Table:
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i < left else "right")
-    return table
-
-
-def format_metrics(metrics: Mapping[str, Any], *, digits: int = 3) -> Table:
-    """Render a :func:`compute_metrics` dict (or its JSON reload) as rich tables.
-
-    Args:
-        metrics: the dict returned by :func:`compute_metrics`.
-        digits: decimals shown for rates.
-
-    Returns:
-        A rich grid holding the summary table, the per-class table and, for binary tasks, the operating-point
-        table; print it with ``rich.console.Console().print``.
-    """
-    ci, binary = metrics.get("ci95") or {}, "thresholds" in metrics
-    summary = _table(f"test metrics (n = {metrics['n']})", ("metric", "value", "95% CI"))
-    for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
-                       ("macro F1", "macro_f1"),
-                       ("AUC (positive class)" if binary else "AUC (macro, one-vs-rest)", "auc_macro"),
-                       (f"ECE ({ECE_BINS} bins)", "ece")):
-        bounds = ci.get(key)
-        interval = "" if bounds is None else f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
-        summary.add_row(label, _fmt(metrics[key], digits), interval)
-
-    per_class = _table("per class (recall = class-wise accuracy; accuracy = one-vs-rest)",
-                       ("class", "n", "precision", "recall", "specificity", "F1", "AUC", "accuracy"))
-    for (name, row), true_row in zip(metrics["per_class"].items(), metrics["confusion_matrix"], strict=True):
-        per_class.add_row(str(name), str(sum(true_row)), *(_fmt(row[key], digits) for key in
-                          ("precision", "recall", "specificity", "f1", "auc", "accuracy")))
-
-    grid = Table.grid(padding=(0, 0, 1, 0))
-    grid.add_column()
-    grid.add_row(summary)
-    grid.add_row(per_class)
-    if binary:
-        points = _table("operating points (positive iff p > threshold)", ("rule", "chosen on", "threshold",
-                        "accuracy", "sensitivity", "specificity", "bal. acc.", "F1"), left=2)
-        for rule, point in metrics["thresholds"].items():
-            if point is None:
-                points.add_row(rule, "n/a", *[""] * 6)
-                continue
-            points.add_row(rule, point.get("chosen_on", "fixed"), f"{point['threshold']:.4f}",
-                           *(_fmt(point[key], digits) for key in
-                             ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1")))
-        grid.add_row(points)
-    return grid

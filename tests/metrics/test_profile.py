@@ -1,4 +1,4 @@
-"""Tests for medlite.evaluate.profile: exact MAC counts, memory protocols, timing keys and error messages."""
+"""Tests for medlite.metrics.profile: exact MAC counts, memory protocols, timing keys and error messages."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from rich.table import Table
 from safetensors.torch import save_model
 from torch import nn
 
+from medlite.cli.render import format_profile
 from medlite.errors import MedliteError
-from medlite.evaluate.profile import count_macs, count_parameters, format_profile, profile_model
-from medlite.evaluate.profile_worker import measure_memory
-from medlite.models.registry import ModelCfg, create_model, list_models, register_model
+from medlite.metrics.profile import count_macs, count_parameters, profile_model
+from medlite.metrics.profile_worker import measure_memory
+from medlite.models import ModelCfg, create_model, list_models, register_model
 
 # Registered at import (not in a fixture) because the memory worker subprocess re-loads this file to find it.
 WIDE_NET = "_test_profile_wide_convnet"

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from medlite.utils.rundir import atomic_write
+from medlite.metrics.classification import roc_curves
+from medlite.utils.atomic import atomic_write
 
 
 def _figure(width: float = 5.0, height: float = 4.0):  # noqa: ANN202
@@ -58,8 +59,6 @@ def plot_history(rows: Sequence[dict[str, str]], path: Path) -> Path:
 
 def plot_roc(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """One-vs-rest ROC curve per class (for two classes, the positive class only)."""
-    from medlite.evaluate.metrics import roc_curves
-
     fig, ax = _figure()
     for name, (fpr, tpr) in roc_curves(probs, targets, class_names=list(classes)).items():
         ax.plot(fpr, tpr, label=name)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medlite import api
+from medlite.cli.render import console_table, format_inspection, format_metrics, format_profile
 from medlite.errors import MedliteError
 
 app = typer.Typer(help="Lightweight chest X-ray classifiers: build, train, compare, explain, deploy.",
@@ -57,13 +58,14 @@ def _group(value: str | None) -> bool | str:
 @app.command()
 @friendly_errors
 def models(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.g. 'mobilenet*'")] = "*") -> None:
-    """List registered models: parameters (6 classes, 1 channel), MACs at the default input size."""
+    """List registered models: parameters (6 classes, 1 channel), MACs at the default input size, and where
+    `--init imagenet` gets their weights (torchvision, timm, or - for none)."""
     table = Table(title="medlite models (6 classes, 1 channel; MACs of one image, FLOPs = 2 x MACs)")
-    for column in ("model", "family", "params", "MACs", "input"):
+    for column in ("model", "family", "params", "MACs", "input", "ImageNet"):
         table.add_column(column, justify="right" if column in ("params", "MACs", "input") else "left")
     for row in api.model_table(pattern):
         table.add_row(row["name"], row["family"], f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f} M",
-                      f"{row['input_size']}")
+                      f"{row['input_size']}", row["imagenet"] or "-")
     console.print(table)
 
 
@@ -91,8 +93,6 @@ def data_inspect(
     group_from_filename: GroupOpt = None,
 ) -> None:
     """Class counts (per split), image sizes, bit depths, duplicates and unreadable files of a source."""
-    from medlite.data.inspect import format_inspection
-
     summary = api.inspect(source, strict=strict, group_from_filename=_group(group_from_filename))
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -123,8 +123,9 @@ def train(
     test_frac: Annotated[float | None, typer.Option(help="test share when the source has no test split")] = None,
     balance: Annotated[str | None, typer.Option(help="none, loss (class weights) or sampler")] = None,
     augment: Annotated[str | None, typer.Option(help="none, supervised or simclr augmentation")] = None,
-    init: Annotated[str | None, typer.Option(help="checkpoint (.safetensors/.pth) or run directory to "
-                                                     "initialise from")] = None,
+    init: Annotated[str | None, typer.Option(help="checkpoint (.safetensors/.pth), run directory, or 'imagenet' "
+                                                     "(the official torchvision/timm weights, downloaded once) "
+                                                     "to initialise from")] = None,
     init_select: Annotated[str | None, typer.Option(help="weight selection from a larger model of the same "
                                                             "family (run directory or weights file)")] = None,
     select_method: Annotated[str | None, typer.Option(help="uniform, consecutive, random-consistent or "
@@ -207,8 +208,6 @@ def evaluate(
     episodes: Annotated[int, typer.Option(help="--prototypes: test episodes")] = 600,
 ) -> None:
     """Score a run on its test split (or another source) and write metrics.json."""
-    from medlite.evaluate.metrics import format_metrics
-
     if prototypes:
         if data is not None:
             raise MedliteError("--prototypes scores the run's own split; drop --data")
@@ -240,8 +239,6 @@ def profile(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Parameters, MACs, weight size, peak training memory, throughput and latency."""
-    from medlite.evaluate.profile import format_profile
-
     result = api.profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -256,8 +253,6 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="report file (.html; a .md is written beside it)")] = None,
 ) -> None:
     """One table of runs (accuracy, AUC with CIs, params, MACs, memory, latency) and the Pareto frontier."""
-    from medlite.evaluate.report import console_table
-
     result = api.compare(list(run_dirs), out=out)
     console.print(console_table(result["rows"]))
     for path in result["written"]:
@@ -271,8 +266,6 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per model")] = 25,
 ) -> None:
     """Synthesize ChestX6 phantoms, train HybridNet-XR-100 and MobileNetV2, evaluate, profile, compare."""
-    from medlite.evaluate.report import console_table
-
     result = api.demo(out, epochs=epochs)
     console.print(console_table(result["rows"]))
     console.print(f"report: {result['written'][0]}")
@@ -291,11 +284,10 @@ def export(
                                "CPUs with VNNI, wrong on CPUs without it)")] = None,
 ) -> None:
     """Export to ONNX (dynamic batch, preprocessing contract in the metadata) with an ONNX Runtime parity check."""
-    from medlite.deploy import export_run
-    from medlite.deploy.onnx_export import describe_report
+    from medlite.deploy.onnx_export import describe_report  # imports torch: only when exporting
 
     kwargs = {"opset": opset} if opset is not None else {}
-    report = export_run(run_dir, format=format, int8=int8, out=out, int8_weights=int8_weights, **kwargs)
+    report = api.export(run_dir, format=format, int8=int8, out=out, int8_weights=int8_weights, **kwargs)
     console.print(describe_report(report), highlight=False)
 
 

@@ -1,4 +1,4 @@
-"""``medlite compare``: one table of runs and the accuracy-vs-cost performance frontier.
+"""Tables and performance-frontier plots of compared runs: pure functions of the rows of ``medlite compare``.
 
 A run is *Pareto-optimal* for a cost (peak training memory, latency, parameters) when no other run is at least
 as accurate and at most as costly, and strictly better in one of the two: the frontier analysis of the
@@ -11,56 +11,13 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-from medlite.errors import MedliteError
-from medlite.utils import rundir
 
 COSTS = {  # key in a row -> axis label
     "peak_train_mem_mb": "peak training memory (MB)",
     "latency_ms_p50": "latency p50, batch 1 (ms)",
     "params": "parameters",
 }
-
-
-def collect_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """One row per run: identity, test metrics with CIs, and efficiency (from ``profile.json`` when present)."""
-    from medlite.evaluate.profile import count_macs, count_parameters
-    from medlite.evaluate.run_eval import load_run_model
-
-    if not run_dirs:
-        raise MedliteError("compare needs at least one run directory")
-    rows = []
-    for path in run_dirs:
-        run = rundir.require_run_dir(path)
-        metrics = rundir.read_json(run / rundir.METRICS)
-        model, cfg, info = load_run_model(run)
-        profile = rundir.read_json(run / rundir.PROFILE) if (run / rundir.PROFILE).is_file() else {}
-        rows.append(
-            {
-                "run": run.name,
-                "path": str(run),
-                "model": info["model"],
-                "paradigm": info["paradigm"],
-                "data": cfg.data.source,
-                "img_size": info["input_size"],
-                "fraction": cfg.data.fraction,
-                "n": metrics["n"],
-                "accuracy": metrics["accuracy"],
-                "accuracy_ci": metrics["ci95"]["accuracy"],
-                "auc_macro": metrics["auc_macro"],
-                "auc_ci": metrics["ci95"]["auc_macro"],
-                "macro_f1": metrics["macro_f1"],
-                "params": count_parameters(model),
-                "macs": profile.get("macs")
-                or count_macs(model, info["input_size"], in_chans=info["in_chans"]),
-                "peak_train_mem_mb": profile.get("peak_train_mem_mb"),
-                "latency_ms_p50": profile.get("latency_ms_p50"),
-                "train_throughput_ips": profile.get("train_throughput_ips"),
-            }
-        )
-    return rows
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], cost: str, score: str = "accuracy") -> list[bool]:
@@ -83,7 +40,7 @@ def pareto_front(rows: Sequence[dict[str, Any]], cost: str, score: str = "accura
     return flags
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
+def format_cell(value: Any, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
@@ -111,11 +68,11 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 row["paradigm"],
                 str(row["n"]),
                 f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.3f}, {row['accuracy_ci'][1]:.3f}]",
-                f"{_fmt(row['auc_macro'])} [{_fmt(row['auc_ci'][0])}, {_fmt(row['auc_ci'][1])}]",
+                f"{format_cell(row['auc_macro'])} [{format_cell(row['auc_ci'][0])}, {format_cell(row['auc_ci'][1])}]",
                 f"{row['params']:,}",
                 f"{row['macs'] / 1e6:.1f}",
-                _fmt(row["peak_train_mem_mb"], ".0f"),
-                _fmt(row["latency_ms_p50"], ".2f"),
+                format_cell(row["peak_train_mem_mb"], ".0f"),
+                format_cell(row["latency_ms_p50"], ".2f"),
                 "★" if on_front else "",
             ]
         )
@@ -128,22 +85,6 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n\n★ Pareto-optimal for accuracy vs peak training memory.\n"
-
-
-def console_table(rows: Sequence[dict[str, Any]]) -> Any:
-    """A compact ``rich`` table of the comparison for a terminal (the report files hold every column)."""
-    from rich.table import Table
-
-    front = pareto_front(rows, "peak_train_mem_mb")
-    table = Table(caption="★ Pareto-optimal for accuracy vs peak training memory", caption_justify="left")
-    table.add_column("run", overflow="fold", min_width=16)
-    for column in ("accuracy [95% CI]", "AUC", "params", "mem MB", "p50 ms", "★"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for row, on_front in zip(rows, front, strict=True):
-        table.add_row(row["run"], f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.2f}-{row['accuracy_ci'][1]:.2f}]",
-                      _fmt(row["auc_macro"]), f"{row['params'] / 1e6:.2f} M", _fmt(row["peak_train_mem_mb"], ".0f"),
-                      _fmt(row["latency_ms_p50"], ".1f"), "★" if on_front else "")
-    return table
 
 
 def frontier_plot(rows: Sequence[dict[str, Any]], cost: str) -> bytes | None:
@@ -213,22 +154,3 @@ def to_html(rows: Sequence[dict[str, Any]]) -> str:
         f"memory. Accuracy CIs: 1,000 bootstrap resamples of each run's test split.</p>{note}"
         f"<h2>Performance frontier</h2>{''.join(images)}</body></html>\n"
     )
-
-
-def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> dict[str, Any]:
-    """Compare runs; with ``out`` write ``out`` (``.html`` or ``.md``) plus its sibling in the other format.
-
-    Returns:
-        ``{"rows": [...], "markdown": str, "written": [paths]}``.
-    """
-    rows = collect_runs(run_dirs)
-    markdown = to_markdown(rows)
-    written: list[str] = []
-    if out is not None:
-        out = Path(out)
-        if out.suffix not in (".html", ".md"):
-            raise MedliteError(f"--out {out}: use a .html or .md file name")
-        rundir.write_text(out.with_suffix(".md"), "# medlite compare\n\n" + markdown)
-        rundir.write_text(out.with_suffix(".html"), to_html(rows))
-        written = [str(out.with_suffix(".html")), str(out.with_suffix(".md"))]
-    return {"rows": rows, "markdown": markdown, "written": written}

@@ -46,15 +46,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.table import Table
 from safetensors.torch import save_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from medlite.errors import MedliteError
-from medlite.evaluate.profile_worker import make_batch, sync, train_step
-from medlite.evaluate.profile_worker import measure_memory as _measure_memory
-from medlite.models.registry import create_model
+from medlite.metrics.profile_worker import make_batch, sync, train_step
+from medlite.metrics.profile_worker import measure_memory as _measure_memory
+from medlite.models.factory import create_model
 
 _MB = 1e6
 
@@ -258,40 +257,3 @@ def profile_model(
     finally:
         torch.set_num_threads(old_threads)
     return result
-
-
-def format_profile(result: dict[str, Any]) -> Table:
-    """A two-column rich table (metric, value with unit) of a :func:`profile_model` result."""
-
-    def mb(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:,.1f} MB"
-
-    table = Table(
-        title=f"{result['model']}  {result['in_chans']}x{result['img_size']}x{result['img_size']}  "
-        f"{result['device']}  {result['threads']} threads",
-        title_justify="left",
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("parameters", f"{result['params'] / 1e6:,.3f} M"),
-        ("MACs (batch 1)", f"{result['macs'] / 1e9:,.3f} G"),
-        ("FLOPs = 2 x MACs", f"{result['flops'] / 1e9:,.3f} G"),
-        ("weights (.safetensors)", mb(result["weights_mb"])),
-        (f"peak train memory, step at batch {result['batch_size']}", mb(result["peak_train_mem_mb"])),
-        ("peak train RSS (absolute)", mb(result["peak_train_rss_mb"])),
-        ("peak inference memory, batch 1", mb(result["peak_infer_mem_mb"])),
-        ("peak inference RSS (absolute)", mb(result["peak_infer_rss_mb"])),
-        (f"train throughput, batch {result['batch_size']}", f"{result['train_throughput_ips']:,.1f} img/s"),
-        (
-            "latency batch 1, p50 / p90",
-            f"{result['latency_ms_p50']:,.2f} / {result['latency_ms_p90']:,.2f} ms",
-        ),
-        ("inference throughput, batch 32", f"{result['throughput_ips_b32']:,.1f} img/s"),
-        ("memory method", result["memory_method"]),
-        ("channels_last / torch", f"{result['channels_last']} / {result['torch_version']}"),
-        ("hardware", result["cpu"]),
-    ]
-    for metric, value in rows:
-        table.add_row(metric, value)
-    return table

@@ -1,18 +1,22 @@
-"""Few-shot evaluation: episodic accuracy with a 95 % CI, and prototype classifiers for any run.
+"""Probes of a representation: episodic accuracy, prototype classifiers, kNN and the linear probe.
+
+As lightly keeps its kNN / linear-probe benchmarks apart from its training code, these live here, below the
+paradigms that use them:
 
 * :func:`episodic_accuracy` scores M N-way K-shot episodes drawn from one split's embeddings (METHODS.md §9:
   "average accuracy over many episodes, mean ± 95 % CI"). The embeddings are computed once, so 600 episodes
   cost no more forward passes than one.
 * :func:`fit_prototype_classifier` installs nearest-prototype classification (prototypes = class means of the
-  labelled training images) as a model's linear classifier; with it, :func:`evaluate_with_prototypes` gives
-  the "CE-pretrained encoder + prototypes" baseline of any finished run (``medlite evaluate RUN --prototypes``).
+  labelled training images) as a model's linear classifier (ProtoNet runs, and the "CE-pretrained encoder +
+  prototypes" baseline ``medlite evaluate RUN --prototypes``).
+* :func:`knn_predict`: the weighted kNN monitor of SimCLR; :func:`linear_probe`: logistic regression on frozen
+  features installed as the classifier.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +26,8 @@ from torch import nn
 from medlite.data.episodes import query_counts, sample_episode
 from medlite.errors import MedliteError
 from medlite.losses.prototypical import class_prototypes, prototype_linear, prototypical_loss
-from medlite.utils import rundir
+from medlite.models.heads import EmbeddingHead, set_classifier
 from medlite.utils.seed import derive_seed
-
-#: File of the episodic test evaluation in a run directory (ProtoNet runs, and ``eval-prototypes/``).
-EPISODIC = "episodic.json"
 
 
 def episodic_accuracy(features: torch.Tensor, labels: np.ndarray, *, n_way: int | None = None, k_shot: int = 5,
@@ -93,13 +94,9 @@ def fit_prototype_classifier(model: nn.Module, features: torch.Tensor, labels: n
     Returns:
         The prototypes, float (C, E).
     """
-    from medlite.models.heads import set_classifier
-
     prototypes = class_prototypes(features.float().cpu(), torch.as_tensor(labels, dtype=torch.int64), num_classes)
     weight, bias = prototype_linear(prototypes)
     if head is not None:
-        from medlite.models.heads import EmbeddingHead
-
         linear = head.proj if isinstance(head, EmbeddingHead) else head
         if not isinstance(linear, nn.Linear):
             kind = type(head).__name__
@@ -112,45 +109,69 @@ def fit_prototype_classifier(model: nn.Module, features: torch.Tensor, labels: n
     return prototypes
 
 
-def evaluate_with_prototypes(run_dir: str | Path, *, split: str = "test", n_way: int | None = None,
-                             k_shot: int = 5, q_query: int = 15, episodes: int = 600,
-                             out: str | Path | None = None) -> dict[str, Any]:
-    """The "encoder + prototypes" baseline of a finished run (any paradigm, e.g. supervised CE).
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    query: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """Weighted kNN class probabilities (Wu et al., CVPR 2018; the usual SSL monitor).
 
-    Prototypes are the mean pooled features of the run's labelled training images; ``split`` is classified by
-    the nearest prototype (full metrics, ``metrics.json``) and scored over ``episodes`` episodes drawn from it
-    (``episodic.json``), both written to ``out`` (default ``RUNDIR/eval-prototypes``).
+    Args:
+        bank: (M, D) features of labelled reference images.
+        bank_labels: int64 (M,) their classes in [0, num_classes).
+        query: (N, D) features to classify.
+        num_classes: C.
+        k: neighbours (capped at M).
+        temperature: the vote of a neighbour with cosine similarity s is ``exp(s / temperature)``.
+
+    Returns:
+        float32 (N, C) probabilities: each class's share of the k neighbours' vote mass.
     """
-    from medlite.evaluate.run_eval import evaluate_prepared, load_run_model
-    from medlite.paradigms.base import embed_images, normalise_batch
-    from medlite.training import prepare_data
-
-    model, cfg, info = load_run_model(run_dir)
-    data = prepare_data(cfg, manifest=Path(run_dir) / rundir.SPLITS, progress=False)
-    in_chans = int(info["in_chans"])
-
-    def prepare(batch: torch.Tensor) -> torch.Tensor:
-        return normalise_batch(batch.float() / 255.0, float(model.cfg.mean), float(model.cfg.std), in_chans)
-
-    train_idx = data.indices("train")
-    with torch.no_grad():
-        bank = embed_images(model, data.cached.images, train_idx, prepare)
-    fit_prototype_classifier(model, bank, data.cached.labels[train_idx], len(data.classes))
-    target = Path(out) if out is not None else Path(run_dir) / "eval-prototypes"
-    target.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_prepared(model, data, split, in_chans, target)
-    split_idx = data.indices(split, labelled_only=False)
-    rundir.write_json(target / "metrics.json", metrics)
-    episodic = None
-    if episodes_possible(data.cached.labels[split_idx], k_shot, f"the {split} split"):
-        with torch.no_grad():
-            features = embed_images(model, data.cached.images, split_idx, prepare)
-        episodic = episodic_accuracy(features, data.cached.labels[split_idx], n_way=n_way, k_shot=k_shot,
-                                     q_query=q_query, episodes=episodes, seed=cfg.train.seed)
-        episodic["split"] = split
-        rundir.write_json(target / EPISODIC, episodic)
-    return {"metrics": metrics, "episodic": episodic, "out": str(target)}
+    bank = torch.nn.functional.normalize(bank.float(), dim=1)
+    query = torch.nn.functional.normalize(query.float(), dim=1)
+    sims, idx = (query @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+    votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+    votes.scatter_add_(1, bank_labels.to(query.device)[idx], (sims / temperature).exp())
+    return votes / votes.sum(dim=1, keepdim=True)
 
 
-__all__ = ["EPISODIC", "episodes_possible", "episodic_accuracy", "evaluate_with_prototypes",
-           "fit_prototype_classifier"]
+def linear_probe(
+    model: nn.Module, features: np.ndarray, labels: np.ndarray, num_classes: int, balanced: bool = False
+) -> float:
+    """Fit multinomial logistic regression on frozen features and install it as the model's classifier.
+
+    Args:
+        model: a zoo model whose classifier maps ``num_features`` -> ``num_classes``.
+        features: float (N, D) pooled features (:func:`embed_images`).
+        labels: int (N,) classes; at least two classes must be present.
+        num_classes: C; classes absent from ``labels`` get a logit far below the others.
+        balanced: weight classes inversely to their frequency.
+
+    Returns:
+        Training accuracy of the probe.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise MedliteError("linear probe: the labelled training images hold fewer than 2 classes")
+    scaler = StandardScaler().fit(features)
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None)
+    clf.fit(scaler.transform(features), labels)
+    coef = clf.coef_ if len(present) > 2 else np.vstack([np.zeros_like(clf.coef_), clf.coef_])
+    intercept = clf.intercept_ if len(present) > 2 else np.concatenate([[0.0], clf.intercept_])
+    # Fold the standardisation into the layer: w . (x - mu) / s + b = (w / s) . x + (b - w . mu / s).
+    scaled = coef / scaler.scale_
+    weight = np.zeros((num_classes, features.shape[1]))
+    bias = np.full(num_classes, -1e4)
+    weight[present] = scaled
+    bias[present] = intercept - scaled @ scaler.mean_
+    set_classifier(model, torch.from_numpy(weight).float(), torch.from_numpy(bias).float())
+    return float(clf.score(scaler.transform(features), labels))
+
+
+__all__ = ["episodes_possible", "episodic_accuracy", "fit_prototype_classifier", "knn_predict", "linear_probe"]

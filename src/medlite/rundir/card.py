@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medlite.config import RunConfig
-from medlite.utils import rundir
+from medlite.data.prepared import PreparedData
+from medlite.rundir import layout
+from medlite.utils import atomic
 
 
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _split_table(data: Any) -> list[str]:
+def _split_table(data: PreparedData) -> list[str]:
     lines = ["| split | " + " | ".join(data.classes) + " | total |", "|---" * (len(data.classes) + 2) + "|"]
     for split in ("train", "val", "test"):
         idx = data.indices(split, labelled_only=False)
@@ -24,28 +27,12 @@ def _split_table(data: Any) -> list[str]:
     return lines
 
 
-def paradigm_notes(run_dir: Path) -> list[str]:
-    """One line per paradigm record in a run directory: ProtoNet test episodes, the dual-skd student kept."""
-    from medlite.evaluate.few_shot import EPISODIC
-    from medlite.paradigms.dual_skd import DUAL_SKD
-
-    lines = []
-    if (run_dir / EPISODIC).is_file():
-        e = rundir.read_json(run_dir / EPISODIC)
-        lines.append(f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot, {e['q_query']} "
-                     f"queries): accuracy {e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})")
-    if (run_dir / DUAL_SKD).is_file():
-        d = rundir.read_json(run_dir / DUAL_SKD)
-        scores = ", ".join(f"{k} {v['auc_macro']:.3f}" for k, v in d.get("val", {}).items())
-        lines.append(f"dual-skd ({d['mode']}): kept student {d['kept']}"
-                     + (f" (val macro AUC {scores})" if scores else f" ({d['reason']})"))
-    return lines
-
-
 def write_model_card(
-    out: Path, cfg: RunConfig, data: Any, metrics: dict[str, Any], split: str, n_params: int | None = None
+    out: Path, cfg: RunConfig, data: PreparedData, metrics: dict[str, Any], split: str, n_params: int | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Write ``out/model_card.md`` from the resolved config, the split and the evaluation metrics."""
+    """Write ``out/model_card.md`` from the resolved config, the split, the evaluation metrics and the
+    paradigm's ``notes`` (:meth:`medlite.paradigms.task.ClassifierTask.notes`)."""
     t, p = cfg.train, cfg.preprocess
     ci = metrics.get("ci95", {})
     labelled = int(data.indices("train").size)
@@ -78,7 +65,7 @@ def write_model_card(
         f" warm-up {t.warmup_epochs} epoch(s) then {schedule}; label smoothing {t.label_smoothing}; class balance "
         f"`{t.balance}`; augmentation `{t.augment}`; early stopping patience {t.early_stopping_patience} on "
         "validation macro AUC.",
-        *(f"- {line}." for line in paradigm_notes(out)),
+        *(f"- {line}." for line in notes),
         "",
         f"## Results ({split} split, n = {metrics['n']})",
         f"- Accuracy {_fmt(metrics['accuracy'])} (95 % CI {_fmt(ci.get('accuracy', [None])[0])}-"
@@ -121,4 +108,4 @@ def write_model_card(
         else "- Labels are taken as given by the source.",
         "",
     ]
-    return rundir.write_text(out / rundir.MODEL_CARD, "\n".join(lines))
+    return atomic.write_text(out / layout.MODEL_CARD, "\n".join(lines))

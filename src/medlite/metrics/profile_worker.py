@@ -1,8 +1,8 @@
-"""Peak-memory measurement of one training step or one inference pass, for :mod:`medlite.evaluate.profile`.
+"""Peak-memory measurement of one training step or one inference pass, for :mod:`medlite.metrics.profile`.
 
-Three back-ends, chosen by :func:`medlite.evaluate.profile.profile_model`:
+Three back-ends, chosen by :func:`medlite.metrics.profile.profile_model`:
 
-* **CPU, fresh subprocess** (``python -m medlite.evaluate.profile_worker '<json>'``): the model is rebuilt
+* **CPU, fresh subprocess** (``python -m medlite.metrics.profile_worker '<json>'``): the model is rebuilt
   by its registered name and moved to ``channels_last`` if asked; one training step at batch 2 and one
   inference pass warm it up (so one-time library loading is not charged). Then, for inference (batch 1)
   and afterwards for one training step (batch ``batch_size``, fresh AdamW): the input (and optimiser) is
@@ -42,8 +42,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import medlite
-from medlite.models.registry import _MODELS
+from medlite.models.factory import create_model
+from medlite.models.registry import is_registered, model_builder
 
 _MB = 1e6
 
@@ -219,8 +219,6 @@ def measure_rss(
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    from medlite.models import create_model
-
     model = create_model(name, num_classes=num_classes, in_chans=in_chans)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -249,7 +247,7 @@ def _subprocess_rss(name: str, model: nn.Module, batch_size: int, **kw: Any) -> 
     """Run :func:`measure_rss` in a fresh interpreter; ``None`` if it cannot rebuild the model."""
     if not sys.platform.startswith("linux"):
         return None  # the RSS high-water mark is read from /proc
-    fn = _MODELS.get(name)
+    fn = model_builder(name) if is_registered(name) else None
     module_file = getattr(sys.modules.get(getattr(fn, "__module__", "")), "__file__", None)
     if fn is None or fn.__module__ == "__main__" or module_file is None:
         return None
@@ -258,9 +256,9 @@ def _subprocess_rss(name: str, model: nn.Module, batch_size: int, **kw: Any) -> 
         # A model registered by user code: the worker loads the same file so the name exists there too.
         args.update(module_file=module_file, module_name=fn.__module__)
     env = dict(os.environ)
-    src = str(Path(medlite.__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding the medlite package
     env["PYTHONPATH"] = os.pathsep.join([src, *sys.path, env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "medlite.evaluate.profile_worker", json.dumps(args)]
+    cmd = [sys.executable, "-m", "medlite.metrics.profile_worker", json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"profile worker failed for {name!r}:\n{proc.stderr[-2000:]}")
