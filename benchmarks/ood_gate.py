@@ -237,7 +237,9 @@ def main() -> None:
         cal = Calibrator.fit(emb["val"][1], labels["val"], method=method)
         p = test_probs[method] = cal.apply(emb["test"][1])
         calib[method] = {**calibration_summary(p, labels["test"]),
-                         "accuracy": float(np.mean(p.argmax(1) == labels["test"]))}
+                         "accuracy": float(np.mean(p.argmax(1) == labels["test"])),
+                         "true_class_p0": int(np.sum(p[np.arange(len(p)), labels["test"]] == 0.0)),
+                         "changed_predictions": int(np.sum(p.argmax(1) != emb["test"][1].argmax(1)))}
         if method == "temperature":
             calib[method]["T"] = cal.temperature
         diagrams[{"none": "uncalibrated", "temperature": f"temperature (T = {cal.temperature:.2f})",
@@ -264,10 +266,12 @@ def main() -> None:
 
     print(f"\n{args.model}, {args.epochs} epochs, ChestX6 phantoms {args.size} px: test accuracy "
           f"{summary['test_accuracy']:.3f} (n = {len(test_correct)})\n")
-    print("| calibration (fitted on val) | ECE | Brier | NLL | accuracy |\n|---|---|---|---|---|")
+    print("| calibration (fitted on val) | ECE | Brier | NLL | accuracy | true class p = 0 | predictions changed |")
+    print("|---|---|---|---|---|---|---|")
     for method, row in calib.items():
         name = f"temperature (T = {row['T']:.3f})" if method == "temperature" else method
-        print(f"| {name} | {row['ece']:.4f} | {row['brier']:.4f} | {row['nll']:.4f} | {row['accuracy']:.3f} |")
+        print(f"| {name} | {row['ece']:.4f} | {row['brier']:.4f} | {row['nll']:.4f} | {row['accuracy']:.3f} | "
+              f"{row['true_class_p0']} | {row['changed_predictions']} |")
     print("\n| paired bootstrap, test (1000 resamples) | ECE 95 % CI | Brier 95 % CI | NLL 95 % CI |")
     print("|---|---|---|---|")
     for pair, ci in calib_ci.items():
