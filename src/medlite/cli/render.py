@@ -11,7 +11,6 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from medlite.data.inspect import MAX_UNREADABLE_LISTED
 from medlite.metrics.report import format_cell, pareto_front
 
 
@@ -128,6 +127,9 @@ def format_inspection(summary: dict[str, Any]) -> Group:
     Returns:
         A :class:`rich.console.Group` to pass to ``rich.console.Console.print``.
     """
+    # Imported here: medlite.data.inspect loads OpenCV, which `medlite --help` does not need (start-up time).
+    from medlite.data.inspect import MAX_UNREADABLE_LISTED
+
     overview = Table(title="Dataset", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
