@@ -115,6 +115,15 @@ def _counter_text(counter: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counter.items()) or "-"
 
 
+_WINDOW_WORDS = {"voi_lut": "VOI LUT sequence", "window": "header window centre/width",
+                 "auto": "auto percentile window (no window in the header)", "none": "no window (BitsStored range)"}
+
+
+def _window_text(info: dict[str, Any]) -> str:
+    applied = ", ".join(f"{_WINDOW_WORDS.get(k, k)}: {v}" for k, v in info["applied"].items())
+    return f"--dicom-window {info['mode']}: {applied}"
+
+
 def _duplicates_text(dup: dict[str, Any]) -> str:
     text = f"{dup['count']} exact duplicate image(s)"
     if dup.get("cross_split_groups"):
@@ -146,6 +155,7 @@ def format_inspection(summary: dict[str, Any]) -> Group:
         ("bit depth", _counter_text(summary.get("bit_depth", {}))),
         ("channels", _counter_text(summary.get("channels", {}))),
         ("formats", _counter_text(summary.get("formats", {}))),
+        *([("DICOM window", _window_text(summary["dicom_window"]))] if summary.get("dicom_window") else []),
         ("duplicates", _duplicates_text(summary["duplicates"])),
         ("unreadable", f"{summary['unreadable']['count']} file(s)"),
     ]
