@@ -6,16 +6,19 @@ calling medlite; grey-level counts are those of the preprocessed uint8 image the
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 pydicom = pytest.importorskip("pydicom")
 from dicom_writer import SECRETS, write_dicom  # noqa: E402
 
+from medlite.cli.render import format_inspection  # noqa: E402
 from medlite.data.cache import build_cache  # noqa: E402
 from medlite.data.imageio import image_info, read_image  # noqa: E402
 from medlite.data.inspect import inspect_source  # noqa: E402
@@ -169,6 +172,10 @@ def test_inspect_reports_what_the_mode_does(dicom_folder: Path) -> None:
     header = inspect_source(source)["dicom_window"]
     assert header == {"mode": "header", "applied": {"auto": 1, "voi_lut": 1, "window": 1}}
     assert inspect_source(source, dicom_window="none")["dicom_window"] == {"mode": "none", "applied": {"none": 3}}
+    out = io.StringIO()
+    Console(file=out, width=250).print(format_inspection(inspect_source(source)))
+    assert ("--dicom-window header: auto percentile window (no window in the header): 1, VOI LUT sequence: 1, "
+            "header window centre/width: 1") in out.getvalue()
 
 
 def test_cache_reads_with_the_configured_window(dicom_folder: Path, tmp_path: Path) -> None:

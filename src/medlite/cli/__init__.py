@@ -192,10 +192,12 @@ def train(
         teacher_init=teacher_init,
         kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
+    from medlite.metrics.auc import auc_summary
+
     m = result.metrics
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
                   f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
-                  f"{m['ci95']['accuracy'][1]:.3f}), macro AUC {m['auc_macro']:.3f}, n = {m['n']}")
+                  f"{m['ci95']['accuracy'][1]:.3f}), {auc_summary(m)}, n = {m['n']}")
     for line in api.paradigm_summary(result.run_dir):
         console.print(line)
 
