@@ -34,6 +34,8 @@ from typing import Any
 from _runner import Job, machine_line, run_queue, write_split
 from paradigms import dataset_name
 
+from medlite.metrics.auc import auc_summary
+
 METHODS = ("random", "weight selection", "dual-skd", "SimCLR-PW")
 
 
@@ -120,12 +122,13 @@ def format_tables(results: dict[str, dict[str, Any]], jobs: list[Job], args: arg
                 m = results[key]["metrics"]
                 slot = cells.setdefault((meta["data"], method, meta["fraction"]), {"acc": [], "auc": []})
                 slot["acc"].append(m["accuracy"])
-                slot["auc"].append(m["auc_macro"])
+                if m["auc_macro"] is not None:  # null when a class is absent from the test labels
+                    slot["auc"].append(m["auc_macro"])
     out = []
     for data in dict.fromkeys(j.meta["data"] for j in jobs):
         teacher = results.get(f"{data}/teacher")
-        caption = (f"teacher {args.teacher} on 100 %: accuracy {teacher['metrics']['accuracy']:.3f}, macro AUC "
-                   f"{teacher['metrics']['auc_macro']:.3f}" if teacher else "teacher missing")
+        caption = (f"teacher {args.teacher} on 100 %: accuracy {teacher['metrics']['accuracy']:.3f}, "
+                   f"{auc_summary(teacher['metrics'])}" if teacher else "teacher missing")
         out.append(f"\n**{data}** ({args.img_size} px; {caption}); accuracy / macro AUC, mean ± sd over seeds "
                    f"{', '.join(map(str, args.seeds))}\n")
         header = "| method | " + " | ".join(f"{f:.0%} labels" for f in args.fractions) + " |"

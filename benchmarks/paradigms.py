@@ -86,8 +86,9 @@ def format_table(results: dict[str, dict[str, Any]], jobs: list[Job]) -> str:
         m = r["metrics"]
         classes = ", ".join(f"{k} {v['recall']:.3f}" for k, v in m["per_class"].items())
         lo, hi = m["ci95"]["accuracy"]
+        auc = "n/a" if m["auc_macro"] is None else f"{m['auc_macro']:.3f}"  # null: a class absent from the labels
         lines.append(f"| {job.meta['data']} | {job.meta['labels']} | {job.meta['label']} | {m['accuracy']:.3f} "
-                     f"[{lo:.3f}, {hi:.3f}] | {m['auc_macro']:.3f} | {classes} | {r['wall_s'] / 60:.1f} | "
+                     f"[{lo:.3f}, {hi:.3f}] | {auc} | {classes} | {r['wall_s'] / 60:.1f} | "
                      f"{r['cpu_s'] / 60:.1f} | {r['peak_rss_mb']:,.0f} |")
     return "\n".join(lines)
 

@@ -83,10 +83,12 @@ def main() -> None:
         info = json.loads((run / "run.json").read_text())
         params = count_parameters(medlite.create_model(name, num_classes=info["num_classes"], in_chans=1))
         per_class = " / ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
+        auc = ("n/a (a class is absent from the test labels)" if m["auc_macro"] is None else
+               f"{m['auc_macro']:.3f} [{m['ci95']['auc_macro'][0]:.3f}, {m['ci95']['auc_macro'][1]:.3f}]")
         rows.append(
             f"| {name} | {params:,} | {args.img_size} | {result.epochs_run} | {m['accuracy']:.3f} "
-            f"[{m['ci95']['accuracy'][0]:.3f}, {m['ci95']['accuracy'][1]:.3f}] | {m['auc_macro']:.3f} "
-            f"[{m['ci95']['auc_macro'][0]:.3f}, {m['ci95']['auc_macro'][1]:.3f}] | {m['balanced_accuracy']:.3f} | "
+            f"[{m['ci95']['accuracy'][0]:.3f}, {m['ci95']['accuracy'][1]:.3f}] | {auc} | "
+            f"{m['balanced_accuracy']:.3f} | "
             f"{per_class} | {m['n']} | {wall / 60:.1f} | {cpu / 60:.1f} |"
         )
         print(rows[-1], flush=True)

@@ -21,10 +21,16 @@ def write_dicom(
     bits_stored: int = 12,
     slope: float | None = None,
     intercept: float | None = None,
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | tuple[list[float], list[float]] | None = None,
+    voi_lut: tuple[int, int, np.ndarray] | None = None,
     frames: int | None = None,
 ) -> Path:
-    """Write an uncompressed DICOM (explicit VR little endian) that carries patient identifiers."""
+    """Write an uncompressed DICOM (explicit VR little endian) that carries patient identifiers.
+
+    ``pixels`` of a signed dtype (int16) set PixelRepresentation 1. ``window`` is (center, width), either
+    numbers or lists of alternatives; ``voi_lut`` is (first mapped value, bits per entry, LUT data) for a
+    one-item VOI LUT Sequence.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -44,13 +50,19 @@ def write_dicom(
     ds.Rows, ds.Columns = pixels.shape[-3:-1] if photometric == "RGB" else pixels.shape[-2:]
     alloc = 8 if pixels.dtype == np.uint8 else 16
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = alloc, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if np.issubdtype(pixels.dtype, np.signedinteger) else 0
     if frames is not None:
         ds.NumberOfFrames = frames
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        first, bits, data = voi_lut
+        item = Dataset()
+        item.add_new(0x00283002, "US", [len(data), first, bits])  # LUT Descriptor
+        item.add_new(0x00283006, "US", [int(v) for v in data])  # LUT Data (US, not the ambiguous OW)
+        ds.VOILUTSequence = [item]
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

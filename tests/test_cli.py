@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -85,6 +86,22 @@ def test_inspect_json_counts_classes(phantoms):
     assert summary["counts"] == {"bacterial": 6, "normal": 6, "viral": 6}
 
 
+def test_inspect_says_how_dicom_files_would_be_windowed(tmp_path):
+    from dicom_writer import write_dicom
+
+    for cls, window in (("a", (1100.0, 800.0)), ("b", None)):
+        (tmp_path / cls).mkdir()
+        write_dicom(tmp_path / cls / "x.dcm", np.full((8, 8), 1000, np.uint16), window=window)
+    result = invoke("data", "inspect", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "DICOM window" in result.output and "--dicom-window header" in result.output  # rich wraps the rest
+    summary = json.loads(invoke("data", "inspect", tmp_path, "--json").output)
+    assert summary["dicom_window"] == {"mode": "header", "applied": {"auto": 1, "window": 1}}
+    result = invoke("data", "inspect", tmp_path, "--dicom-window", "none", "--json")
+    assert json.loads(result.output)["dicom_window"] == {"mode": "none", "applied": {"none": 2}}
+    assert_one_line_error(invoke("data", "inspect", tmp_path, "--dicom-window", "vendor"), "dicom_window")
+
+
 def test_train_evaluate_profile_compare(trained, tmp_path):
     result = invoke("evaluate", trained, "--out", tmp_path / "eval")
     assert result.exit_code == 0, result.output
@@ -98,6 +115,39 @@ def test_train_evaluate_profile_compare(trained, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "hybridnet_xr_50" in html and "data:image/png;base64" in html
     assert "hybridnet_xr_50" in (tmp_path / "report.md").read_text()
+
+
+def test_class_absent_from_the_test_split_is_reported_not_averaged_away(phantoms, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader((phantoms / "manifest.csv").open()))
+    for row in rows:  # per class: 3 train, 1 val, 2 test; no viral image in the test split
+        k = int(Path(row["path"]).stem.rsplit("_", 1)[1])
+        row["split"] = "train" if k < 3 or (row["label"] == "viral" and k != 3) else "val" if k == 3 else "test"
+        row["path"] = str(phantoms / row["path"])
+        del row["mask"]
+    manifest = tmp_path / "split.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", manifest, "--model", "hybridnet_xr_50", "--out", run, "--epochs", "1",
+                    "--img-size", "32", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["auc_macro"] is None and metrics["auc_classes"] == ["bacterial", "normal"]
+    present = metrics["auc_macro_present"]
+    text = " ".join(result.output.split())
+    assert f"macro AUC n/a (2 of 3 classes have an AUC, mean {present:.3f}: bacterial, normal)" in text
+    card = (run / "model_card.md").read_text()
+    assert "Macro AUC (one-vs-rest) n/a" in card and f"2 of 3 classes have an AUC, mean {present:.3f}" in card
+    result = invoke("compare", run, "--out", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    assert f"— ({present:.3f} over 2/3 classes)" in (tmp_path / "report.md").read_text()
+    result = invoke("evaluate", run, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "AUC (mean over the 2 classes present)" in result.output
 
 
 def test_cross_dataset_evaluation(trained, tmp_path):

@@ -19,8 +19,8 @@ from medlite.workflows.train import train
 
 TINY = dict(source="synthetic", synthetic_per_class=8, synthetic_size=32, size=32, batch_size=8,
             progress=False)
-METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "per_class", "confusion_matrix", "ece",
-               "ci95", "n"}
+METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "auc_macro_present", "auc_classes",
+               "per_class", "confusion_matrix", "ece", "ci95", "n"}
 
 
 @pytest.fixture(scope="module")

@@ -60,12 +60,15 @@ def synthesize(out: str | Path, classes: str = "chestx6", per_class: int = 50, s
     return write_phantom_dataset(out, classes=classes, per_class=per_class, size=size, seed=seed)
 
 
-def inspect(source: str | Path, *, strict: bool = False, group_from_filename: bool | str = False) -> dict[str, Any]:
-    """Summary of a data source: class counts (per split), image sizes, bit depths, duplicates, unreadable files."""
+def inspect(source: str | Path, *, strict: bool = False, group_from_filename: bool | str = False,
+            dicom_window: str = "header") -> dict[str, Any]:
+    """Summary of a data source: class counts (per split), image sizes, bit depths, duplicates, unreadable files,
+    and for DICOM files what ``dicom_window`` would apply to them."""
     from medlite.data.inspect import inspect_source
     from medlite.data.sources import open_source
 
-    return inspect_source(open_source(source, strict=strict, group_from_filename=group_from_filename))
+    return inspect_source(open_source(source, strict=strict, group_from_filename=group_from_filename),
+                          dicom_window=dicom_window)
 
 
 def train(config: Any = None, *, out: str | Path, source: str | None = None, img_size: int | None = None,

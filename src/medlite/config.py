@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlite.data.prepared import DataConfig
-from medlite.data.preprocess import PreprocessConfig
+from medlite.data.preprocess import LEGACY_SETTINGS, PreprocessConfig
 from medlite.errors import MedliteError
 from medlite.models import get_model_cfg
 
@@ -188,8 +188,13 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
         raise MedliteError(_one_line(err, "config")) from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> RunConfig:
-    """Read a ``run.yaml`` / ``config.yaml`` and apply flat ``overrides`` on top."""
+def load_config(path: str | Path, *, stored: bool = False, **overrides: Any) -> RunConfig:
+    """Read a ``run.yaml`` / ``config.yaml`` and apply flat ``overrides`` on top.
+
+    ``stored=True`` marks the ``config.yaml`` of an existing run directory: preprocessing settings it lacks
+    take the values the run was made with (:data:`~medlite.data.preprocess.LEGACY_SETTINGS`), not today's
+    defaults, so an old run is evaluated, resumed and exported with the preprocessing it was trained on.
+    """
     path = Path(path)
     if not path.is_file():
         raise MedliteError(f"{path}: config file not found")
@@ -199,6 +204,8 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         raise MedliteError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise MedliteError(f"{path}: expected a mapping with data/preprocess/train sections")
+    if stored and isinstance(raw.get("preprocess", {}), dict):
+        raw["preprocess"] = {**LEGACY_SETTINGS, **(raw.get("preprocess") or {})}
     try:
         return build_config(raw, **overrides)
     except MedliteError as err:

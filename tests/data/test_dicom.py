@@ -1,4 +1,7 @@
-"""Tests for medlite.data.dicom: bit depth, rescale, MONOCHROME1, VOI, refusals, and no patient data out."""
+"""Tests for medlite.data.dicom: bit depth, rescale, MONOCHROME1, VOI, refusals, and no patient data out.
+
+Windowing itself is tested in test_dicom_window.py; the range tests here use ``dicom_window="none"``.
+"""
 
 from __future__ import annotations
 
@@ -32,32 +35,33 @@ def _assert_no_phi(*texts: str) -> None:
 
 
 def test_12bit_uses_bits_stored_range(tmp_path: Path, pixels12: np.ndarray) -> None:
-    out = read_image(write_dicom(tmp_path / "a.dcm", pixels12))
+    out = read_image(write_dicom(tmp_path / "a.dcm", pixels12), dicom_window="none")
     assert out.dtype == np.float32 and out.shape == (8, 10)
     np.testing.assert_allclose(out[0, :5], 1000 / 4095, atol=1e-6)
     np.testing.assert_allclose(out[0, 5:], 2000 / 4095, atol=1e-6)
 
 
 def test_monochrome1_is_inverted(tmp_path: Path, pixels12: np.ndarray) -> None:
-    out = read_image(write_dicom(tmp_path / "m1.dcm", pixels12, photometric="MONOCHROME1"))
+    out = read_image(write_dicom(tmp_path / "m1.dcm", pixels12, photometric="MONOCHROME1"), dicom_window="none")
     np.testing.assert_allclose(out[0, :5], 1 - 1000 / 4095, atol=1e-6)
     assert out[0, 0] > out[0, 9]  # low stored value = white in MONOCHROME1
 
 
 def test_rescale_slope_intercept(tmp_path: Path, pixels12: np.ndarray) -> None:
-    out = read_image(write_dicom(tmp_path / "r.dcm", pixels12, slope=2.0, intercept=-1024.0))
+    out = read_image(write_dicom(tmp_path / "r.dcm", pixels12, slope=2.0, intercept=-1024.0), dicom_window="none")
     # modality range [-1024, 2 * 4095 - 1024]; the linear rescale keeps the relative position
     lo, hi = -1024.0, 2 * 4095 - 1024.0
     np.testing.assert_allclose(out[0, 5], (2 * 2000 - 1024 - lo) / (hi - lo), atol=1e-6)
-    out_neg = read_image(write_dicom(tmp_path / "n.dcm", pixels12, slope=-1.0, intercept=4095.0))
+    out_neg = read_image(write_dicom(tmp_path / "n.dcm", pixels12, slope=-1.0, intercept=4095.0),
+                         dicom_window="none")
     np.testing.assert_allclose(out_neg[0, 5], (4095 - 2000) / 4095, atol=1e-6)
 
 
-def test_voi_window_is_optional(tmp_path: Path, pixels12: np.ndarray) -> None:
+def test_header_window_is_the_default(tmp_path: Path, pixels12: np.ndarray) -> None:
     path = write_dicom(tmp_path / "w.dcm", pixels12, window=(1500.0, 1000.0))
-    plain = read_image(path)
-    windowed = read_image(path, voi_lut=True)
-    np.testing.assert_allclose(plain[0, 5], 2000 / 4095, atol=1e-6)  # default: no window applied
+    windowed = read_image(path)
+    plain = read_image(path, dicom_window="none")
+    np.testing.assert_allclose(plain[0, 5], 2000 / 4095, atol=1e-6)  # none: no window applied
     assert windowed[0, 0] == pytest.approx(0.0, abs=1e-6)  # 1000 is at the window's bottom edge
     assert windowed[0, 5] == pytest.approx(1.0, abs=1e-6)  # 2000 is at its top edge
 
@@ -65,9 +69,10 @@ def test_voi_window_is_optional(tmp_path: Path, pixels12: np.ndarray) -> None:
 def test_sniffed_without_suffix(tmp_path: Path, pixels12: np.ndarray) -> None:
     path = write_dicom(tmp_path / "IM0001", pixels12)
     assert check_image_file(path) is None
-    np.testing.assert_allclose(read_image(path)[0, 0], 1000 / 4095, atol=1e-6)
+    np.testing.assert_allclose(read_image(path, dicom_window="none")[0, 0], 1000 / 4095, atol=1e-6)
     info = image_info(path)
     assert (info.height, info.width, info.bit_depth, info.channels, info.format) == (8, 10, 12, 1, "DICOM")
+    assert info.window == "none"
     _assert_no_phi(repr(info))
 
 
@@ -119,7 +124,7 @@ def test_no_patient_data_anywhere(
     texts = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = read_image(path, voi_lut=True)
+        out = read_image(path)  # header window
         texts.append(repr(image_info(path)))
         ds = dicom._read_dataset(path.read_bytes(), path, pixels=True)
     assert "PatientName" not in ds and "PatientID" not in ds and "PatientBirthDate" not in ds

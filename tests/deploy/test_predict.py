@@ -151,3 +151,72 @@ def test_user_errors_are_one_line(binary_export: tuple[Path, dict[str, Any]], sc
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         predict(tmp_path / "junk.onnx", [scans])
+
+
+@pytest.fixture
+def windowed_dicom(tmp_path: Path) -> Path:
+    """A 12-bit DICOM whose header window (narrow, on the dark half) differs a lot from the auto window."""
+    from medlite.data.synthetic import generate_phantom
+
+    img = generate_phantom("pneumonia", 64, np.random.default_rng(1))[0]
+    return write_dicom(tmp_path / "w.dcm", np.rint(300 + img * 3500).astype(np.uint16), window=(900.0, 400.0))
+
+
+def test_contract_carries_the_dicom_window_and_predict_applies_it(make_run: Callable[..., Path],
+                                                                    windowed_dicom: Path) -> None:
+    from medlite.data.imageio import read_image
+    from medlite.data.preprocess import PreprocessConfig, preprocess_image
+    from medlite.deploy.classifiers import OnnxClassifier
+
+    run = make_run("hybridnet_xr_50", size=32, classes="binary", threshold=0.5, dicom_window="auto",
+                   equalize="hist", head_scale=0.3)
+    export_run(run)
+    model = run / EXPORT_DIR / ONNX_FILE
+    classifier = OnnxClassifier(model)
+    stored = classifier.contract["preprocess"]
+    assert stored["dicom_window"] == "auto" and stored["quantize"] == "last"
+    cfg = PreprocessConfig(**stored)
+    probs = {mode: classifier.predict_proba(preprocess_image(read_image(windowed_dicom, dicom_window=mode),
+                                                             cfg)[None])[0, 1] for mode in ("auto", "header")}
+    assert 0.01 < probs["auto"] < 0.99 and abs(probs["auto"] - probs["header"]) > 1e-3  # the window matters
+    for source in (model, run):  # ONNX and eager agree on the contract
+        row = predict(source, [windowed_dicom])[0]
+        assert row["prob_pneumonia"] == pytest.approx(probs["auto"], abs=1e-5)
+
+
+def test_old_run_without_the_new_settings_keeps_its_preprocessing(make_run: Callable[..., Path],
+                                                                    windowed_dicom: Path) -> None:
+    import yaml
+
+    from medlite.config import load_config
+    from medlite.data.imageio import read_image
+    from medlite.data.preprocess import LEGACY_SETTINGS, PreprocessConfig, preprocess_image
+    from medlite.deploy.classifiers import TorchClassifier
+    from medlite.deploy.contract import run_contract
+    from medlite.rundir import layout
+    from medlite.rundir.store import load_run_model
+    from medlite.utils import atomic
+
+    run = make_run("hybridnet_xr_50", size=32, classes="binary", threshold=0.5, equalize="hist", head_scale=0.3)
+    # what a run directory written before dicom_window/quantize existed holds
+    info = atomic.read_json(run / layout.RUN_INFO)
+    raw = yaml.safe_load((run / layout.CONFIG).read_text())
+    for key in LEGACY_SETTINGS:
+        del info["preprocess"][key], raw["preprocess"][key]
+    atomic.write_json(run / layout.RUN_INFO, info)
+    atomic.write_text(run / layout.CONFIG, yaml.safe_dump(raw, sort_keys=False))
+
+    contract = run_contract(run)
+    assert contract["preprocess"]["dicom_window"] == "none" and contract["preprocess"]["quantize"] == "first"
+    assert load_run_model(run)[1].preprocess.dicom_window == "none"
+    assert load_config(run / layout.CONFIG).preprocess.dicom_window == "header"  # a plain config: today's default
+    legacy = PreprocessConfig(**contract["preprocess"])
+    expected = TorchClassifier(run).predict_proba(
+        preprocess_image(read_image(windowed_dicom, dicom_window="none"), legacy)[None])[0, 1]
+    today = TorchClassifier(run).predict_proba(
+        preprocess_image(read_image(windowed_dicom), PreprocessConfig(size=32, equalize="hist"))[None])[0, 1]
+    assert 0.01 < expected < 0.99 and abs(expected - today) > 1e-3
+    assert predict(run, [windowed_dicom])[0]["prob_pneumonia"] == pytest.approx(expected, abs=1e-6)
+    export_run(run)  # an export of the old run writes the resolved settings into the ONNX contract
+    row = predict(run / EXPORT_DIR / ONNX_FILE, [windowed_dicom])[0]
+    assert row["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)

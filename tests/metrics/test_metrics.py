@@ -20,10 +20,15 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-from torchmetrics.functional.classification import multiclass_auroc, multiclass_calibration_error
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    multiclass_auroc,
+    multiclass_calibration_error,
+)
 
 from medlite.cli.render import format_metrics
 from medlite.errors import MedliteError
+from medlite.metrics.auc import auc_summary
 from medlite.metrics.bootstrap import _accuracy_from_counts, _stratified_counts, auc_from_counts
 from medlite.metrics.classification import (
     compute_metrics,
@@ -33,8 +38,8 @@ from medlite.metrics.classification import (
     youden_threshold,
 )
 
-BASE_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "per_class", "confusion_matrix", "ece",
-             "ci95", "n"}
+BASE_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "auc_macro_present", "auc_classes",
+             "per_class", "confusion_matrix", "ece", "ci95", "n"}
 POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1"}
 
 
@@ -80,12 +85,13 @@ def test_point_estimates_match_sklearn(c: int) -> None:
 def test_key_sets_binary_and_multiclass() -> None:
     p2, y2 = _task(120, 2)
     m2 = compute_metrics(p2, y2, ["normal", "pneumonia"], n_bootstrap=50)
-    assert set(m2) == BASE_KEYS | {"thresholds"}
+    assert set(m2) == BASE_KEYS | {"thresholds", "ece_positive_class"}
     assert set(m2["thresholds"]) == {"0.5", "youden"}
     assert set(m2["thresholds"]["0.5"]) == POINT_KEYS
     assert set(m2["thresholds"]["youden"]) == POINT_KEYS | {"chosen_on"}
     assert m2["thresholds"]["youden"]["chosen_on"] == "test"
-    assert set(m2["ci95"]) == {"accuracy", "auc_macro"}
+    assert set(m2["ci95"]) == {"accuracy", "auc_macro", "auc_macro_present"}
+    assert m2["ci95"]["auc_macro"] == m2["ci95"]["auc_macro_present"] and m2["auc_classes"] == ["pneumonia"]
     assert set(m2["per_class"]["pneumonia"]) == {"precision", "recall", "f1", "specificity", "auc",
                                                  "accuracy"}
     (p3, y3), (vp3, vy3) = _task(90, 3), _task(30, 3, seed=1)
@@ -194,8 +200,8 @@ def test_bootstrap_ci_contains_estimate_narrows_and_is_seeded() -> None:
     other = compute_metrics(p_small, y_small, "abc", n_bootstrap=300, seed=2)
     assert again["ci95"] == small["ci95"]
     assert other["ci95"] != small["ci95"]
-    assert compute_metrics(p_small, y_small, "abc", n_bootstrap=0)["ci95"] == {"accuracy": None,
-                                                                              "auc_macro": None}
+    assert compute_metrics(p_small, y_small, "abc", n_bootstrap=0)["ci95"] == {
+        "accuracy": None, "auc_macro": None, "auc_macro_present": None}
 
 
 def test_bootstrap_speed_1000_x_5000() -> None:
@@ -208,11 +214,24 @@ def test_bootstrap_speed_1000_x_5000() -> None:
 def test_absent_class_gives_null_auc_and_warning() -> None:
     p, _ = _task(60, 3, seed=10)
     y = np.array([0, 1] * 30)
-    with pytest.warns(UserWarning, match="'c' \\(absent\\)"):
+    with pytest.warns(UserWarning, match="'c' \\(absent\\).*auc_macro_present averages the 2 classes"):
         m = compute_metrics(p, y, "abc", n_bootstrap=20)
     assert m["per_class"]["c"]["auc"] is None
+    with pytest.warns(UserWarning, match="not defined"):  # scikit-learn has no macro AUC here either
+        assert np.isnan(roc_auc_score(y, p, multi_class="ovr", labels=[0, 1, 2]))
     present = [roc_auc_score(y == k, p[:, k]) for k in (0, 1)]
-    assert m["auc_macro"] == pytest.approx(np.mean(present))
+    assert m["auc_macro"] is None and m["ci95"]["auc_macro"] is None
+    assert m["auc_macro_present"] == pytest.approx(np.mean(present), abs=1e-12)
+    assert m["auc_classes"] == ["a", "b"]
+    lo, hi = m["ci95"]["auc_macro_present"]
+    assert lo < m["auc_macro_present"] < hi
+    assert auc_summary(m) == f"macro AUC n/a (2 of 3 classes have an AUC, mean {np.mean(present):.3f}: a, b)"
+    out = io.StringIO()
+    Console(file=out, width=140).print(format_metrics(json.loads(json.dumps(m))))
+    text = " ".join(out.getvalue().split())  # the caption wraps at the table's width
+    assert "AUC (mean over the 2 classes present)" in text and f"{np.mean(present):.3f}" in text
+    assert ("macro AUC is n/a: no AUC for c (absent from the labels, or every label); the mean over the classes "
+            "present averages a, b") in text
     with warnings.catch_warnings():  # sklearn warns that class 2 is predicted but absent, as expected here
         warnings.simplefilter("ignore")
         assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
@@ -224,8 +243,81 @@ def test_single_class_binary_test_set() -> None:
     with pytest.warns(UserWarning):
         m = compute_metrics(p, np.ones(20, dtype=int), ["n", "p"], n_bootstrap=10)
     assert m["auc_macro"] is None and m["ci95"]["auc_macro"] is None and m["thresholds"]["youden"] is None
+    assert m["auc_macro_present"] is None and m["auc_classes"] == [] and m["ci95"]["auc_macro_present"] is None
+    assert auc_summary(m) == "macro AUC n/a (no class has an AUC)"
     with pytest.raises(MedliteError, match="val_targets"), pytest.warns(UserWarning):
         compute_metrics(p, np.ones(20, dtype=int), ["n", "p"], val_probs=p, val_targets=np.zeros(20, int))
+
+
+def _confident_binary(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and single logits ``scale * z`` of a good binary model (AUC about 0.97)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    return scale * (rng.normal(size=400) + 2.6 * (y - 0.5)), y
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_auc_of_confident_models_is_the_auc_of_their_logits(scale: float) -> None:
+    logits, y = _confident_binary(scale)
+    reference = roc_auc_score(y, logits)
+    probs = probs_from_logits(logits)
+    m = compute_metrics(probs, y, ["neg", "pos"], n_bootstrap=0)
+    assert m["auc_macro"] == pytest.approx(reference, abs=1e-12)
+    if scale == 40.0:  # p_pos has rounded to 1.0 for many samples: ranking it ties them (float32 even more)
+        assert roc_auc_score(y, probs[:, 1]) < reference - 5e-4
+        assert roc_auc_score(y, probs[:, 1].astype(np.float32)) < reference - 1e-2
+    two = np.stack([np.zeros_like(logits), logits], axis=1)  # the same model as two softmax logits
+    assert compute_metrics(probs_from_logits(two), y, ["neg", "pos"], n_bootstrap=0)["auc_macro"] == \
+        pytest.approx(reference, abs=1e-12)
+
+
+def test_multiclass_auc_of_saturated_softmax() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    logits = 40.0 * (rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y])
+    m = compute_metrics(probs_from_logits(logits), y, "abc", n_bootstrap=0)
+    for k, name in enumerate("abc"):
+        rest = np.logaddexp.reduce(np.delete(logits, k, axis=1), axis=1)  # exact one-vs-rest log-odds
+        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(y == k, logits[:, k] - rest), abs=1e-12)
+
+
+def test_predict_proba_is_float64() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from medlite.models.inputs import predict_proba
+
+    class Confident(nn.Module):  # one logit: 200 * (mean intensity - 0.5)
+        cfg = SimpleNamespace(mean=0.0, std=1.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 200.0 * (x.mean(dim=(1, 2, 3)) - 0.5)[:, None]
+
+    images = np.stack([np.full((4, 4), v, np.uint8) for v in (0, 10, 20, 235, 245, 255)])
+    probs = predict_proba(Confident(), images)
+    assert probs.dtype == np.float64
+    # the negative-class probabilities stay distinct (float32 rounds the smallest to 0, the rest ties at 1.0)
+    assert np.unique(probs[3:, 0]).size == 3 and probs[3:, 0].min() > 0
+
+
+def test_binary_ece_positive_class_matches_torchmetrics() -> None:
+    p, y = _task(500, 2, seed=14)
+    m = compute_metrics(p, y, ["neg", "pos"], n_bootstrap=0)
+    tm_binary = binary_calibration_error(torch.from_numpy(np.ascontiguousarray(p[:, 1])), torch.from_numpy(y),
+                                         n_bins=15)
+    tm_top = multiclass_calibration_error(torch.from_numpy(p), torch.from_numpy(y), 2, n_bins=15)
+    assert m["ece_positive_class"] == pytest.approx(float(tm_binary), abs=1e-6)
+    assert m["ece"] == pytest.approx(float(tm_top), abs=1e-6)
+    assert abs(m["ece"] - m["ece_positive_class"]) > 1e-3  # two different quantities
+    # hand-computed: p_pos .1 (y 0) and .12 (y 1) share bin [1/15, 2/15); .9 (y 1) is alone
+    hand = compute_metrics(np.array([[0.9, 0.1], [0.88, 0.12], [0.1, 0.9]]), np.array([0, 1, 1]), ["n", "p"],
+                           n_bootstrap=0)
+    assert hand["ece_positive_class"] == pytest.approx((2 / 3) * abs(0.5 - 0.11) + (1 / 3) * 0.1)
+    assert "ece_positive_class" not in compute_metrics(*_task(50, 3), "abc", n_bootstrap=0)
+    out = io.StringIO()
+    Console(file=out, width=140).print(format_metrics(m))
+    assert "ECE, top label" in out.getvalue() and "ECE, positive class" in out.getvalue()
 
 
 def test_probs_from_logits_shapes() -> None:

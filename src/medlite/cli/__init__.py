@@ -32,6 +32,8 @@ Source = Annotated[str, typer.Argument(
     help="folder, CSV manifest, MedMNIST .npz, or 'synthetic[:chestx6|pediatric3|binary]'")]
 GroupOpt = Annotated[str | None, typer.Option("--group-from-filename", help="derive patient ids from file "
                      "names: 'auto' (personNNN_..., IM-NNNN-...) or a regex whose first group is the id")]
+_WINDOW_HELP = ("DICOM windowing: header (VOI LUT sequence, else the first window centre/width, else auto), auto "
+                "(0.5-99.5th percentile window of the body) or none (the BitsStored range)")
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -91,9 +93,12 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     strict: Annotated[bool, typer.Option(help="fail on the first unreadable file")] = False,
     group_from_filename: GroupOpt = None,
+    dicom_window: Annotated[str, typer.Option(help=_WINDOW_HELP + "; reports what it does to the DICOM files")
+                            ] = "header",
 ) -> None:
     """Class counts (per split), image sizes, bit depths, duplicates and unreadable files of a source."""
-    summary = api.inspect(source, strict=strict, group_from_filename=_group(group_from_filename))
+    summary = api.inspect(source, strict=strict, group_from_filename=_group(group_from_filename),
+                          dicom_window=dicom_window)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -158,6 +163,7 @@ def train(
     eval_episodes: Annotated[int | None, typer.Option(help="protonet: validation/test episodes (600)")] = None,
     embedding_dim: Annotated[int | None, typer.Option(help="protonet: embedding width (128)")] = None,
     equalize: Annotated[str | None, typer.Option(help="none, hist or clahe")] = None,
+    dicom_window: Annotated[str | None, typer.Option(help=_WINDOW_HELP + " (default header)")] = None,
     channels: Annotated[int | None, typer.Option(help="1 (default) or 3 input channels")] = None,
     devices: Annotated[int | None, typer.Option(help="processes/GPUs (DDP when > 1)")] = None,
     num_nodes: Annotated[int | None, typer.Option()] = None,
@@ -178,6 +184,7 @@ def train(
         episodes_per_epoch=episodes_per_epoch, eval_episodes=eval_episodes, embedding_dim=embedding_dim,
         seed=seed, fraction=fraction, val_frac=val_frac,
         test_frac=test_frac, balance=balance, augment=augment, init=init, equalize=equalize, channels=channels,
+        dicom_window=dicom_window,
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
         group_from_filename=_group(group_from_filename), split_from=split_from, resume=resume,
         pretrain_epochs=pretrain_epochs,
@@ -185,10 +192,12 @@ def train(
         teacher_init=teacher_init,
         kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
+    from medlite.metrics.auc import auc_summary
+
     m = result.metrics
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
                   f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
-                  f"{m['ci95']['accuracy'][1]:.3f}), macro AUC {m['auc_macro']:.3f}, n = {m['n']}")
+                  f"{m['ci95']['accuracy'][1]:.3f}), {auc_summary(m)}, n = {m['n']}")
     for line in api.paradigm_summary(result.run_dir):
         console.print(line)
 

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from medlite.metrics.report import format_cell, pareto_front
+from medlite.metrics.report import auc_cell, format_cell, pareto_front
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -41,13 +41,23 @@ def format_metrics(metrics: Mapping[str, Any], *, digits: int = 3) -> Table:
 
     ci, binary = metrics.get("ci95") or {}, "thresholds" in metrics
     summary = _table(f"test metrics (n = {metrics['n']})", ("metric", "value", "95% CI"))
-    for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
-                       ("macro F1", "macro_f1"),
-                       ("AUC (positive class)" if binary else "AUC (macro, one-vs-rest)", "auc_macro"),
-                       (f"ECE ({ECE_BINS} bins)", "ece")):
+    rows = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro F1", "macro_f1"),
+            ("AUC (positive class)" if binary else "AUC (macro, one-vs-rest)", "auc_macro")]
+    partial = metrics.get("auc_macro") is None and metrics.get("auc_macro_present") is not None
+    if partial:  # a class without an AUC: the mean over the others is shown, under its own name
+        rows.append((f"AUC (mean over the {len(metrics['auc_classes'])} classes present)", "auc_macro_present"))
+        missing = [str(k) for k in metrics["per_class"] if k not in metrics["auc_classes"]]
+        summary.caption = (f"macro AUC is n/a: no AUC for {', '.join(missing)} (absent from the labels, or every "
+                           f"label); the mean over the classes present averages "
+                           f"{', '.join(map(str, metrics['auc_classes']))}")
+        summary.caption_justify = "left"
+    rows.append((f"ECE, top label ({ECE_BINS} bins)", "ece"))
+    if "ece_positive_class" in metrics:
+        rows.append((f"ECE, positive class ({ECE_BINS} bins)", "ece_positive_class"))
+    for label, key in rows:
         bounds = ci.get(key)
         interval = "" if bounds is None else f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
-        summary.add_row(label, _fmt(metrics[key], digits), interval)
+        summary.add_row(label, _fmt(metrics.get(key), digits), interval)
 
     per_class = _table("per class (recall = class-wise accuracy; accuracy = one-vs-rest)",
                        ("class", "n", "precision", "recall", "specificity", "F1", "AUC", "accuracy"))
@@ -114,6 +124,15 @@ def _counter_text(counter: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counter.items()) or "-"
 
 
+_WINDOW_WORDS = {"voi_lut": "VOI LUT sequence", "window": "header window centre/width",
+                 "auto": "auto percentile window (no window in the header)", "none": "no window (BitsStored range)"}
+
+
+def _window_text(info: dict[str, Any]) -> str:
+    applied = ", ".join(f"{_WINDOW_WORDS.get(k, k)}: {v}" for k, v in info["applied"].items())
+    return f"--dicom-window {info['mode']}: {applied}"
+
+
 def _duplicates_text(dup: dict[str, Any]) -> str:
     text = f"{dup['count']} exact duplicate image(s)"
     if dup.get("cross_split_groups"):
@@ -148,6 +167,7 @@ def format_inspection(summary: dict[str, Any]) -> Group:
         ("bit depth", _counter_text(summary.get("bit_depth", {}))),
         ("channels", _counter_text(summary.get("channels", {}))),
         ("formats", _counter_text(summary.get("formats", {}))),
+        *([("DICOM window", _window_text(summary["dicom_window"]))] if summary.get("dicom_window") else []),
         ("duplicates", _duplicates_text(summary["duplicates"])),
         ("unreadable", f"{summary['unreadable']['count']} file(s)"),
     ]
@@ -195,7 +215,7 @@ def console_table(rows: Sequence[dict[str, Any]]) -> Any:
         table.add_column(column, justify="right", no_wrap=True)
     for row, on_front in zip(rows, front, strict=True):
         table.add_row(row["run"], f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.2f}-{row['accuracy_ci'][1]:.2f}]",
-                      format_cell(row["auc_macro"]), f"{row['params'] / 1e6:.2f} M",
+                      auc_cell(row), f"{row['params'] / 1e6:.2f} M",
                       format_cell(row["peak_train_mem_mb"], ".0f"),
                       format_cell(row["latency_ms_p50"], ".1f"), "★" if on_front else "")
     return table

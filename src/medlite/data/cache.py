@@ -28,6 +28,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from medlite.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask
 from medlite.data.records import Source
+from medlite.data.sources import with_dicom_window
 from medlite.errors import DataError
 from medlite.utils.atomic import write_json
 
@@ -109,6 +110,7 @@ def build_cache(source: Source, cfg: PreprocessConfig, cache_dir: str | Path | N
     except OSError as err:
         raise DataError(f"{root}: cannot create the cache folder ({err.strerror}); set MEDLITE_CACHE"
                         ) from None
+    source = with_dicom_window(source, cfg.dicom_window)  # the images are read the way cfg (and the key) say
     key = cache_key(source, cfg)
     stem = root / key[:16]
     files = {"images": stem.with_suffix(".u8"), "masks": stem.with_suffix(".mask.u8"),

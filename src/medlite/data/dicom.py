@@ -4,13 +4,15 @@ The pixel pipeline follows DICOM PS3.3 C.11 (and TorchXRayVision's ``read_xray_d
 
 1. stored values, with unused high bits masked and signedness applied by pydicom;
 2. the modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT Sequence);
-3. optionally the VOI LUT or window centre/width (``voi_lut=True``; off by default because many exports
-   carry windows tuned for a viewer, not for a model, and the default must be the same for every file);
-4. normalisation to [0, 1] by the **value range the header declares** (``BitsStored`` and signedness pushed
-   through steps 2-3), so a 12-bit image is divided by 4095 whatever its own minimum and maximum. Only when
-   the data fall outside that range (a wrong header) does it fall back to the image's own min/max, with a
-   warning. Per-image min/max would make brightness incomparable between images;
-5. ``MONOCHROME1`` (white = low values) inverted so that bone is always bright; ``RGB`` converted to gray.
+3. the VOI transform chosen by ``dicom_window`` (:mod:`medlite.data.dicom_window`): ``"header"`` (default)
+   applies the VOI LUT Sequence, else the first Window Center/Width, else the ``"auto"`` percentile window
+   of the body; each maps the window onto [0, 1];
+4. with ``dicom_window="none"`` instead: normalisation to [0, 1] by the **value range the header declares**
+   (``BitsStored`` and signedness pushed through step 2), so a 12-bit image is divided by 4095 whatever its
+   own minimum and maximum. Only when the data fall outside that range (a wrong header) does it fall back to
+   the image's own min/max, with a warning;
+5. ``MONOCHROME1`` (white = low values) inverted so that bone is always bright; ``RGB`` converted to gray
+   (no VOI transform: windows are defined for monochrome images only).
 
 Other photometric interpretations (palette colour, YBR) and multi-frame files raise
 :class:`~medlite.errors.DataError`.
@@ -31,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from medlite.data.dicom_window import check_dicom_window, header_window_kind, window_to_unit
 from medlite.data.records import ImageInfo
 from medlite.errors import DataError
 
@@ -115,8 +118,9 @@ def _lut_range(descriptor: Any) -> tuple[float, float]:
     return 0.0, 2.0 ** int(descriptor[2]) - 1
 
 
-def _modality_range(ds: Any) -> tuple[float, float]:
-    """Value range after the modality LUT (mirrors pydicom's apply_windowing)."""
+def _modality_ends(ds: Any) -> tuple[float, float]:
+    """The smallest and largest stored value after the modality LUT, in that order (decreasing for a negative
+    rescale slope); pydicom's apply_windowing maps below/above the window onto these."""
     if ds.get("ModalityLUTSequence"):
         return _lut_range(ds.ModalityLUTSequence[0].LUTDescriptor)
     lo, hi = _stored_range(ds)
@@ -124,6 +128,12 @@ def _modality_range(ds: Any) -> tuple[float, float]:
     intercept = ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
         lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def _modality_range(ds: Any) -> tuple[float, float]:
+    """Value range after the modality LUT (mirrors pydicom's apply_windowing)."""
+    lo, hi = _modality_ends(ds)
     return min(lo, hi), max(lo, hi)
 
 
@@ -143,13 +153,14 @@ def _to_unit(values: np.ndarray, lo: float, hi: float, path: Path) -> np.ndarray
     return ((values - lo) / (hi - lo)).astype(np.float32)
 
 
-def decode_dicom(data: bytes, path: str | Path, *, voi_lut: bool = False) -> np.ndarray:
+def decode_dicom(data: bytes, path: str | Path, *, dicom_window: str = "header") -> np.ndarray:
     """Decode the bytes of a single-frame DICOM file.
 
     Args:
         data: the complete file contents.
         path: the file's path, for error messages only.
-        voi_lut: apply the VOI LUT Sequence, or else the first window centre/width, when the file has one.
+        dicom_window: ``"header"`` (the file's VOI LUT or window, else ``"auto"``), ``"auto"`` (a percentile
+            window of the body) or ``"none"`` (the declared value range); see :mod:`medlite.data.dicom_window`.
 
     Returns:
         float32 (H, W) in [0, 1], bright = dense (MONOCHROME1 inverted).
@@ -159,8 +170,9 @@ def decode_dicom(data: bytes, path: str | Path, *, voi_lut: bool = False) -> np.
             data or an unsupported photometric interpretation.
     """
     path = Path(path)
+    check_dicom_window(dicom_window)
     _pydicom()  # the install hint, before the submodule import below could fail
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     ds = _read_dataset(data, path, pixels=True)
     if "PixelData" not in ds:
@@ -182,19 +194,19 @@ def decode_dicom(data: bytes, path: str | Path, *, voi_lut: bool = False) -> np.
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D grayscale DICOM image, got pixel array shape {arr.shape}")
     values = apply_modality_lut(arr, ds).astype(np.float64)
-    lo, hi = _modality_range(ds)
-    if voi_lut and (ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds)):
-        if ds.get("VOILUTSequence"):
-            lo, hi = _lut_range(ds.VOILUTSequence[0].LUTDescriptor)
-        # windowing maps onto the modality range, so [lo, hi] stays valid in that case
-        values = apply_voi_lut(values, ds).astype(np.float64)
-    out = _to_unit(values, lo, hi, path)
+    if dicom_window == "none":
+        out = _to_unit(values, *_modality_range(ds), path)
+    else:
+        # pydicom's windowing reads these as attributes; give files lacking them the defaults used above
+        ds.BitsStored = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+        ds.PixelRepresentation = int(ds.get("PixelRepresentation", 0) or 0)
+        out = window_to_unit(values, ds, dicom_window, _modality_ends(ds), path)
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return out
 
 
-def read_dicom(path: str | Path, *, voi_lut: bool = False) -> np.ndarray:
+def read_dicom(path: str | Path, *, dicom_window: str = "header") -> np.ndarray:
     """Read a DICOM file; see :func:`decode_dicom` for the conventions.
 
     Returns:
@@ -205,12 +217,15 @@ def read_dicom(path: str | Path, *, voi_lut: bool = False) -> np.ndarray:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from err
-    return decode_dicom(data, path, voi_lut=voi_lut)
+    return decode_dicom(data, path, dicom_window=dicom_window)
 
 
 def dicom_info(data: bytes, path: str | Path) -> ImageInfo:
-    """Rows, columns, BitsStored and SamplesPerPixel of a DICOM file, without decoding its pixels."""
+    """Rows, columns, BitsStored, SamplesPerPixel and the VOI transform offered (``ImageInfo.window``) of a
+    DICOM file, without decoding its pixels."""
     path = Path(path)
     ds = _read_dataset(data, path, pixels=False)
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    return ImageInfo(int(ds.Rows), int(ds.Columns), bits, int(ds.get("SamplesPerPixel", 1) or 1), "DICOM")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return ImageInfo(int(ds.Rows), int(ds.Columns), bits, samples, "DICOM",
+                     window=header_window_kind(ds) if samples == 1 else None)

@@ -8,7 +8,8 @@ is fixed in one place:
 * colour images are converted to gray with OpenCV's BT.601 weights and an **alpha channel is dropped**
   (X-ray exports rarely carry a meaningful alpha; compositing on black or white would invent intensities);
 * DICOM is recognised by its suffix (``.dcm``/``.dicom``) or by the ``DICM`` magic at byte 128 whatever the
-  name, and decoded by :mod:`medlite.data.dicom`.
+  name, and decoded by :mod:`medlite.data.dicom`, windowed as ``dicom_window`` says (default ``"header"``: the
+  file's VOI LUT or window, else a percentile window of the body; see :mod:`medlite.data.dicom_window`).
 
 Broken files raise :class:`~medlite.errors.DataError` naming the file and the problem. Truncation is
 checked explicitly (JPEG end-of-image marker after the last scan, PNG ``IEND`` chunk, BMP declared size)
@@ -157,7 +158,7 @@ def _to_unit_gray(img: np.ndarray, name: str) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes | np.ndarray, path: str | Path, *, reduced: bool = False, voi_lut: bool = False
+    data: bytes | np.ndarray, path: str | Path, *, reduced: bool = False, dicom_window: str = "header"
 ) -> np.ndarray:
     """Decode the bytes of an image file.
 
@@ -166,7 +167,8 @@ def decode_image(
         path: the file's path, used for the DICOM suffix rule and in error messages only.
         reduced: decode JPEGs at 1/8 scale (a fast integrity check used by inspection); other formats
             decode at full size.
-        voi_lut: for DICOM, apply the file's VOI LUT / window (off by default, see :mod:`medlite.data.dicom`).
+        dicom_window: for DICOM, ``"header"``, ``"auto"`` or ``"none"`` (see :mod:`medlite.data.dicom_window`);
+            other formats ignore it.
 
     Returns:
         float32 (H, W) grayscale in [0, 1].
@@ -184,7 +186,7 @@ def decode_image(
     if fmt == "DICOM":
         from medlite.data.dicom import decode_dicom  # here: pydicom loads only when a DICOM is read (start-up)
 
-        return decode_dicom(buf.tobytes(), path, voi_lut=voi_lut)
+        return decode_dicom(buf.tobytes(), path, dicom_window=dicom_window)
     problem = _truncation_problem(fmt, buf.tobytes(), whole=True, file_size=int(buf.size))
     if problem is not None:
         raise DataError(f"{path}: {problem}")
@@ -203,22 +205,24 @@ def decode_image(
     return _to_unit_gray(img, str(path))
 
 
-def read_image(path: str | Path, *, voi_lut: bool = False) -> np.ndarray:
+def read_image(path: str | Path, *, dicom_window: str = "header") -> np.ndarray:
     """Read an image file as grayscale.
 
     Args:
         path: a PNG (8/16-bit), JPEG, BMP, TIFF or DICOM file; non-ASCII paths work.
-        voi_lut: for DICOM, apply the file's VOI LUT / window centre-width.
+        dicom_window: for DICOM, ``"header"`` (the file's VOI LUT Sequence, else its first Window
+            Center/Width, else ``"auto"``), ``"auto"`` (0.5-99.5th percentile window of the body) or ``"none"``
+            (the BitsStored range); see :mod:`medlite.data.dicom_window`. Other formats ignore it.
 
     Returns:
-        float32 (H, W) in [0, 1]; integer data divided by the storage maximum (255, 65535, or the DICOM
-        BitsStored range); colour converted to gray, alpha dropped.
+        float32 (H, W) in [0, 1]; integer data divided by the storage maximum (255, 65535), DICOM windowed;
+        colour converted to gray, alpha dropped.
 
     Raises:
         DataError: the file is missing, empty, not an image, truncated or corrupt.
     """
     path = Path(path)
-    return decode_image(_load_bytes(path), path, voi_lut=voi_lut)
+    return decode_image(_load_bytes(path), path, dicom_window=dicom_window)
 
 
 def _png_info(data: bytes) -> tuple[int, int, int, int]:

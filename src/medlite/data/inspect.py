@@ -5,7 +5,8 @@ gives size, bit depth and channels (PNG/JPEG headers are parsed, not decoded), a
 prove it is readable. JPEGs are decoded at 1/8 scale for that check (libjpeg's DCT scaling still walks the
 whole entropy-coded stream, so corrupt data still fail, at a fraction of the cost). Array-backed sources (npz,
 synthetic) are read through ``source.reader``; their duplicates are found from the array bytes and their
-bit depth is inferred from the values (``"8"`` when every value is a multiple of 1/255).
+bit depth is inferred from the values (``"8"`` when every value is a multiple of 1/255). For DICOM files the
+summary also says how ``--dicom-window`` would window them (VOI LUT, header window, auto or none).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medlite.data.dicom_window import check_dicom_window, planned_window
 from medlite.data.imageio import decode_image, image_info
 from medlite.data.records import SPLIT_NAMES, Record, Source
 from medlite.errors import DataError
@@ -25,8 +27,12 @@ MAX_DUPLICATE_GROUPS = 5  # duplicate groups listed in full; the count covers al
 MAX_UNREADABLE_LISTED = 20
 
 
-def _file_facts(record: Record, decode: bool) -> tuple[str, tuple[int, int], str, str, str]:
-    """MD5, (H, W), bit depth, channels and format of a file record; raises DataError when unreadable."""
+Facts = tuple[str, tuple[int, int], str, str, str, str | None]
+
+
+def _file_facts(record: Record, decode: bool, dicom_window: str) -> Facts:
+    """MD5, (H, W), bit depth, channels, format and (monochrome DICOM) the VOI header kind of a file record;
+    raises DataError when unreadable."""
     path = Path(str(record.item))
     try:
         data = path.read_bytes()
@@ -34,19 +40,19 @@ def _file_facts(record: Record, decode: bool) -> tuple[str, tuple[int, int], str
         raise DataError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
     info = image_info(path, data=data)
     if decode:
-        decode_image(data, path, reduced=True)
+        decode_image(data, path, reduced=True, dicom_window=dicom_window)
     digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return digest, (info.height, info.width), str(info.bit_depth), str(info.channels), info.format
+    return digest, (info.height, info.width), str(info.bit_depth), str(info.channels), info.format, info.window
 
 
-def _array_facts(source: Source, record: Record) -> tuple[str, tuple[int, int], str, str, str]:
+def _array_facts(source: Source, record: Record) -> Facts:
     """The same facts for an array-backed record, from the decoded float32 (H, W) array."""
     arr = np.ascontiguousarray(source.reader(record), dtype=np.float32)
     scaled = arr * 255.0
     depth = "8" if np.abs(scaled - np.round(scaled)).max(initial=0.0) < 1e-3 else "float"
     channels = "1" if arr.ndim == 2 else str(arr.shape[-1])
     digest = hashlib.md5(arr.tobytes(), usedforsecurity=False).hexdigest()
-    return digest, (int(arr.shape[0]), int(arr.shape[1])), depth, channels, source.kind
+    return digest, (int(arr.shape[0]), int(arr.shape[1])), depth, channels, source.kind, None
 
 
 def _size_summary(sizes: Counter[tuple[int, int]]) -> dict[str, Any]:
@@ -63,7 +69,7 @@ def _size_summary(sizes: Counter[tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str, Any]:
+def inspect_source(source: Source, *, max_decode: int | None = None, dicom_window: str = "header") -> dict[str, Any]:
     """Counts, image properties, exact duplicates and unreadable files of a source.
 
     Args:
@@ -71,6 +77,7 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
         max_decode: decode at most this many files to check they are readable (headers and hashes are
             still read for every file); ``None`` decodes all. For array sources it caps the items read,
             and the size, depth and duplicate figures then cover only those (see ``"examined"``).
+        dicom_window: the ``--dicom-window`` mode to report (and decode DICOM files with).
 
     Returns:
         A JSON-serialisable dict: ``kind``, ``location``, ``classes``, ``counts`` ({class: n}),
@@ -79,8 +86,11 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
         ``bit_depth``, ``channels`` and ``formats`` (value -> count), ``duplicates`` (``count`` = images that
         repeat an earlier one byte for byte, ``groups`` = the first few groups of names,
         ``cross_split_groups`` = groups whose copies sit in different splits) and ``unreadable``
-        (``count`` and ``files``: [{name, reason}], from ``source.skipped`` plus failed decodes).
+        (``count`` and ``files``: [{name, reason}], from ``source.skipped`` plus failed decodes); with
+        monochrome DICOM files, ``dicom_window`` {``mode``, ``applied``: {"voi_lut" | "window" | "auto" |
+        "none": number of files}}, what training with that mode does to them.
     """
+    check_dicom_window(dicom_window)
     if max_decode is not None and max_decode < 0:
         raise DataError(f"max_decode: must be >= 0 or None, got {max_decode}")
     counts = Counter(source.classes[r.label] for r in source.records)
@@ -102,6 +112,7 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
     depths: Counter[str] = Counter()
     channels: Counter[str] = Counter()
     formats: Counter[str] = Counter()
+    windows: Counter[str] = Counter()
     by_hash: dict[str, list[str]] = defaultdict(list)
     hash_splits: dict[str, set[str | None]] = defaultdict(set)
     unreadable = [{"name": name, "reason": reason} for name, reason in source.skipped]
@@ -111,7 +122,7 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
         name = record.name or str(record.item)
         try:
             if isinstance(record.item, str):
-                facts = _file_facts(record, decode)
+                facts = _file_facts(record, decode, dicom_window)
             elif decode:
                 facts = _array_facts(source, record)
             else:
@@ -121,7 +132,9 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
             continue
         examined += 1
         decoded += decode
-        digest, hw, depth, chans, fmt = facts
+        digest, hw, depth, chans, fmt, kind = facts
+        if kind is not None:
+            windows[planned_window(kind, dicom_window)] += 1
         sizes[hw] += 1
         depths[depth] += 1
         channels[chans] += 1
@@ -145,4 +158,6 @@ def inspect_source(source: Source, *, max_decode: int | None = None) -> dict[str
         },
         unreadable={"count": len(unreadable), "files": unreadable},
     )
+    if windows:
+        summary["dicom_window"] = {"mode": dicom_window, "applied": dict(sorted(windows.items()))}
     return summary

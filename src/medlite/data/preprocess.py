@@ -10,14 +10,19 @@ and settings reopen the old one in milliseconds.
 
 Pipeline order:
 
+0. (before this module) the file is decoded by :func:`medlite.data.imageio.read_image`, DICOM windowed as
+   ``dicom_window`` says; the setting lives here so that it travels with the rest of the contract;
 1. grayscale float (H, W) in [0, 1] ((H, W, 3/4) arrays are treated as RGB(A) and converted);
 2. geometry (``resize``): ``stretch`` ignores the aspect ratio, ``crop`` resizes the central square, ``pad``
    scales the longest side to S (letterboxed in step 6); ``INTER_AREA`` when shrinking, else
    ``INTER_LINEAR``;
-3. uint8 quantisation, round(x * 255);
-4. denoising: median filter, then Gaussian blur (sizes in *output* pixels);
-5. equalisation (global histogram or CLAHE), after denoising because it stretches contrast and would amplify
+3. denoising: median filter, then Gaussian blur (sizes in *output* pixels);
+4. equalisation (global histogram or CLAHE), after denoising because it stretches contrast and would amplify
    the noise, and outlier pixels would skew its histogram;
+5. uint8 quantisation, round(x * 255). With ``quantize="last"`` (the default) steps 3-4 run on the float
+   image (:mod:`medlite.data.contrast`), so equalisation spreads every grey level the image has; with
+   ``quantize="first"`` this step comes right after step 2 and steps 3-4 are OpenCV's uint8 versions (the
+   pipeline of runs written before the setting existed, see :meth:`PreprocessConfig.from_stored`);
 6. ``pad`` only: letterbox to S x S with the median of the content's border pixels (the X-ray's own
    background, not a black or white frame). Last, so neither filters nor histograms see the artificial border.
 
@@ -28,13 +33,20 @@ channel for 3-channel models.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medlite.data.contrast import clahe_float, equalize_float, gaussian_float, median_float
 from medlite.errors import DataError, MedliteError
+
+LEGACY_SETTINGS: dict[str, Any] = {"dicom_window": "none", "quantize": "first"}
+"""What a stored ``preprocess`` section without these settings was run with: medlite read DICOM without a VOI
+transform and quantised before the contrast steps until they were added. :meth:`PreprocessConfig.from_stored`
+fills them in, so an old run directory or exported model keeps preprocessing like the data it was trained on."""
 
 
 class PreprocessConfig(BaseModel):
@@ -50,6 +62,11 @@ class PreprocessConfig(BaseModel):
         median_ksize: median filter aperture in output pixels, odd >= 3; 0 disables it.
         channels: channels the model receives; applied at tensor time by
             :func:`medlite.paradigms.task.normalise_batch`, not stored in the cache.
+        dicom_window: how DICOM files are windowed when read: ``"header"`` (VOI LUT Sequence, else first
+            Window Center/Width, else ``"auto"``), ``"auto"`` (0.5-99.5th percentile window of the body) or
+            ``"none"`` (the BitsStored range); see :mod:`medlite.data.dicom_window`. Other formats ignore it.
+        quantize: ``"last"``: denoising and equalisation on the float image, one uint8 cut at the end;
+            ``"first"``: cut to uint8 right after resizing (runs made before this setting).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,6 +79,14 @@ class PreprocessConfig(BaseModel):
     gaussian_sigma: float = Field(0.0, ge=0)
     median_ksize: int = Field(0, ge=0)
     channels: Literal[1, 3] = 1
+    dicom_window: Literal["header", "auto", "none"] = "header"
+    quantize: Literal["last", "first"] = "last"
+
+    @classmethod
+    def from_stored(cls, section: Mapping[str, Any]) -> PreprocessConfig:
+        """The settings of a stored run (``run.json``, ``config.yaml``, an ONNX contract): settings the section
+        lacks take :data:`LEGACY_SETTINGS`, what medlite did when it was written, not today's defaults."""
+        return cls(**{**LEGACY_SETTINGS, **dict(section)})
 
     def __init__(self, **data: Any) -> None:
         # pydantic's ValidationError spans several lines; users get one line naming the field instead.
@@ -153,6 +178,28 @@ def preprocess_image(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         DataError: the array is not a 2-D grayscale image or holds NaN/inf.
     """
     content = _fit(_as_gray(img), cfg.size, cfg.resize)
+    out = _contrast_float(content, cfg) if cfg.quantize == "last" else _contrast_uint8(content, cfg)
+    if cfg.resize == "pad":
+        out = _letterbox(out, cfg.size)
+    return out
+
+
+def _contrast_float(content: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Denoise and equalise float32 (h, w) in [0, 1], then quantise: uint8 (h, w)."""
+    x = content
+    if cfg.median_ksize:
+        x = median_float(x, cfg.median_ksize)
+    if cfg.gaussian_sigma > 0:
+        x = gaussian_float(x, cfg.gaussian_sigma)
+    if cfg.equalize == "hist":
+        x = equalize_float(x)
+    elif cfg.equalize == "clahe":
+        x = clahe_float(x, cfg.clahe_clip, cfg.clahe_grid)
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _contrast_uint8(content: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """``quantize="first"``: quantise float32 (h, w), then OpenCV's uint8 denoising and equalisation."""
     out = np.rint(content * 255.0).astype(np.uint8)
     if cfg.median_ksize:
         out = cv2.medianBlur(out, cfg.median_ksize)
@@ -163,8 +210,6 @@ def preprocess_image(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     elif cfg.equalize == "clahe":
         clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
         out = clahe.apply(out)
-    if cfg.resize == "pad":
-        out = _letterbox(out, cfg.size)
     return out
 
 

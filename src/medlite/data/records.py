@@ -107,6 +107,8 @@ class ImageInfo:
         bit_depth: bits per sample as stored (8 or 16 for PNG, 8 or 12 for JPEG, BitsStored for DICOM).
         channels: samples per pixel as stored (1 gray, 2 gray+alpha, 3 colour, 4 colour+alpha).
         format: ``"PNG"``, ``"JPEG"``, ``"BMP"``, ``"TIFF"`` or ``"DICOM"``.
+        window: monochrome DICOM only, the VOI transform its header offers: ``"voi_lut"``, ``"window"`` or
+            ``"none"``; ``None`` for other files.
     """
 
     height: int
@@ -114,6 +116,7 @@ class ImageInfo:
     bit_depth: int
     channels: int
     format: str
+    window: str | None = None
 
 
 def need_two_classes(classes: list[str], where: Path) -> None:

@@ -24,10 +24,12 @@ to handle.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +145,30 @@ def file_fingerprint(path: Path, root: Path) -> str:
     return f"{Path(os.path.relpath(path, root)).as_posix()}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def read_file_record(record: Record) -> np.ndarray:
-    """Reader of file-backed sources: ``record.item`` is an absolute path."""
-    return read_image(str(record.item))
+@dataclass(frozen=True)
+class FileReader:
+    """Reader of file-backed sources: ``record.item`` is an absolute path, DICOM windowed by ``dicom_window``.
+
+    :func:`medlite.data.cache.build_cache` swaps in the window of its preprocessing settings
+    (:func:`with_dicom_window`), so a source needs opening only once whatever the run's ``dicom_window``.
+    """
+
+    dicom_window: str = "header"
+
+    def __call__(self, record: Record) -> np.ndarray:
+        return read_image(str(record.item), dicom_window=self.dicom_window)
+
+
+read_file_record = FileReader()
+
+
+def with_dicom_window(source: Source, dicom_window: str) -> Source:
+    """``source`` reading its DICOM files with ``dicom_window``: a copy when its reader is a :class:`FileReader`
+    with another window, else ``source`` itself (array sources, wrapped readers)."""
+    reader = source.reader
+    if isinstance(reader, FileReader) and reader.dicom_window != dicom_window:
+        return dataclasses.replace(source, reader=FileReader(dicom_window))
+    return source
 
 
 class _MaskFiles:
@@ -159,7 +182,7 @@ class _MaskFiles:
         if path is None and self.folder is not None:
             exact = Path(self.folder) / record.name
             path = next((str(p) for p in (exact, exact.with_suffix(".png")) if p.is_file()), None)
-        return None if path is None else read_image(path) > 0
+        return None if path is None else read_image(path, dicom_window="none") > 0
 
 
 # ------------------------------------------------------------------------------------------------ folder

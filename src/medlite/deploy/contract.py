@@ -4,7 +4,7 @@ The preprocessing is never re-specified by the user: it is the model's *contract
 run directory or from the ``medlite`` entry of an ONNX model's ``metadata_props`` (written by
 :func:`medlite.deploy.onnx_export.export_run`). Every file goes through the same steps as the training data::
 
-    read_image(file)            float32 (H, W) in [0, 1]   (PNG 8/16-bit, JPEG, BMP, TIFF, DICOM)
+    read_image(file, dicom_window)  float32 (H, W) in [0, 1]   (PNG 8/16-bit, JPEG, BMP, TIFF, DICOM windowed)
     preprocess_image(., cfg)    uint8 (S, S)                (resize mode, CLAHE/denoise from the contract)
     normalise(batch, contract)  float32 (B, in_chans, S, S) = (x / 255 - mean) / std
 
@@ -42,20 +42,25 @@ def run_contract(run_dir: str | Path) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: ``model``, ``classes``, ``num_classes``, ``in_chans``, ``input_size``
-        (pixels), ``mean`` / ``std`` (on the [0, 1] intensity scale), ``preprocess`` (the
-        :class:`~medlite.data.preprocess.PreprocessConfig` fields), ``intensity`` (the convention in words),
+        (pixels), ``mean`` / ``std`` (on the [0, 1] intensity scale), ``preprocess`` (every
+        :class:`~medlite.data.preprocess.PreprocessConfig` field, ``dicom_window`` included; settings an old
+        ``run.json`` lacks are filled with what that run used), ``intensity`` (the convention in words),
         ``output`` (``"logits"``) and, for two classes, ``threshold`` (operating point on the probability of
         ``positive_class`` tuned on the validation split, or ``None`` when ``metrics.json`` has none).
     """
+    from medlite.data.preprocess import PreprocessConfig
+
     run_dir = store.require_run_dir(run_dir)
     info = store.read_run_info(run_dir)
     classes = [str(c) for c in info["classes"]]
+    preprocess = PreprocessConfig.from_stored(info["preprocess"]).model_dump(mode="json")
     contract: dict[str, Any] = {
         "format": "medlite", "version": CONTRACT_VERSION, "model": info["model"], "classes": classes,
         "num_classes": len(classes), "in_chans": int(info["in_chans"]), "input_size": int(info["input_size"]),
-        "mean": info["mean"], "std": info["std"], "preprocess": dict(info["preprocess"]),
-        "intensity": "input = (u8 / 255 - mean) / std, float32 (B, in_chans, S, S); u8 = "
-                     "medlite preprocess_image(read_image(file)) with the 'preprocess' settings",
+        "mean": info["mean"], "std": info["std"], "preprocess": preprocess,
+        "intensity": "input = (u8 / 255 - mean) / std, float32 (B, in_chans, S, S); u8 = medlite "
+                     "preprocess_image(read_image(file, dicom_window=preprocess.dicom_window)) with the "
+                     "'preprocess' settings",
         "input_name": INPUT_NAME, "output": OUTPUT_NAME,
     }
     if len(classes) == 2:

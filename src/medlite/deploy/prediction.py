@@ -40,7 +40,7 @@ def collect_inputs(inputs: Sequence[str | Path], recursive: bool = True) -> list
 def _load(path: Path, cfg: PreprocessConfig) -> np.ndarray | str:
     """The preprocessed uint8 (S, S) image of ``path``, or the reason it cannot be used."""
     try:
-        return preprocess_image(read_image(path), cfg)
+        return preprocess_image(read_image(path, dicom_window=cfg.dicom_window), cfg)
     except DataError as err:
         return str(err).removeprefix(f"{path}: ")
 
@@ -124,7 +124,7 @@ def predict(
     files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), recursive)
     classifier = load_classifier(model, threads)
     contract = classifier.contract
-    cfg = PreprocessConfig(**contract["preprocess"])
+    cfg = PreprocessConfig.from_stored(contract["preprocess"])  # an older export lacks the newer settings
     classes = list(contract["classes"])
     threshold = contract.get("threshold")
     if len(classes) == 2 and threshold is None:

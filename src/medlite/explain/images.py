@@ -105,15 +105,18 @@ def explain_images(
     for run in runs:
         model, _cfg, info = store.load_run_model(run)
         classes = list(info["classes"])
-        loaded.append((run, model, info, PreprocessConfig(**info["preprocess"]), classes,
+        loaded.append((run, model, info, PreprocessConfig.from_stored(info["preprocess"]), classes,
                        resolve_class(target, classes)))
+    windows = sorted({pre.dicom_window for _, _, _, pre, _, _ in loaded})
     results: list[dict[str, Any]] = []
     # Images are processed batch_size at a time, so memory stays bounded however many (large) files are given.
     for start in range(0, len(files), batch_size):
         chunk = range(start, min(start + batch_size, len(files)))
-        originals = {i: read_image(files[i]) for i in chunk}
+        # Each run sees (and overlays on) the file windowed its own way; runs sharing a window share the read.
+        read = {(i, w): read_image(files[i], dicom_window=w) for i in chunk for w in windows}
         panels: dict[int, dict[str, list[Panel]]] = {i: {} for i in chunk}
         for (run, model, info, pre, classes, class_index), run_label in zip(loaded, run_labels, strict=True):
+            originals = {i: read[i, pre.dicom_window] for i in chunk}
             u8 = torch.from_numpy(np.stack([preprocess_image(originals[i], pre) for i in chunk]))
             x = uint8_to_input(u8, float(info["mean"]), float(info["std"]), int(info["in_chans"]))
             for method in method_names:
@@ -136,7 +139,7 @@ def explain_images(
                         "grid": str(folders[i] / "grid.png"),
                     })
         for i in chunk:
-            base = _thumbnail(np.round(window(originals[i]) * 255.0).astype(np.uint8))
+            base = _thumbnail(np.round(window(read[i, loaded[0][3].dicom_window]) * 255.0).astype(np.uint8))
             rows = [(label, panels[i][label]) for label in run_labels]
             title = files[i].name if target is None else f"{files[i].name} (target {target})"
             save_grid(folders[i] / "grid.png", base, rows, method_names, title=title)

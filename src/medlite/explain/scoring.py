@@ -67,7 +67,7 @@ def _masks_from_dir(folder: Path, records: Sequence[Record], source: Source, pos
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             continue
-        mask = read_image(path) > 0
+        mask = read_image(path, dicom_window="none") > 0  # any non-zero stored value is lesion
         shape = source.read(int(position)).shape
         if mask.shape != shape:
             raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image is "
@@ -153,7 +153,7 @@ def evaluate_explanations(
         raise MedliteError(f"metrics: {unknown or 'none'} given; choose from {', '.join(METRIC_GROUPS)}")
     run_dir = Path(run_dir)
     model, cfg, info = store.load_run_model(run_dir)
-    pre = PreprocessConfig(**info["preprocess"])
+    pre = PreprocessConfig.from_stored(info["preprocess"])
     prepared, candidates, described = _prepare(run_dir, cfg, info, data)
     cached, source = prepared.cached, prepared.source
     records = [source.records[int(cached.record_indices[i])] for i in candidates]

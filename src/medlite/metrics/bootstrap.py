@@ -49,9 +49,14 @@ def auc_from_counts(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray
 
 
 def bootstrap_ci(p: np.ndarray, y: np.ndarray, auc_classes: list[int], n_bootstrap: int,
-                  seed: int) -> dict[str, list[float] | None]:
+                 seed: int, *, scores: np.ndarray | None = None) -> dict[str, list[float] | None]:
     """Stratified percentile bootstrap. Resampling within each class keeps the test prevalence fixed and every
-    AUC defined in every resample (a plain resample of a small test set can lose a rare class)."""
+    AUC defined in every resample (a plain resample of a small test set can lose a rare class).
+
+    ``p`` (N, C) gives the arg-max predictions; AUCs rank ``scores`` (N, C), default ``p`` (metrics passes the
+    one-vs-rest log-odds, which do not saturate). ``auc_macro`` is the interval of the mean over ``auc_classes``.
+    """
+    scores = p if scores is None else scores
     if n_bootstrap == 0:
         return {"accuracy": None, "auc_macro": None}
     rng = np.random.default_rng(seed)
@@ -63,6 +68,6 @@ def bootstrap_ci(p: np.ndarray, y: np.ndarray, auc_classes: list[int], n_bootstr
         part = slice(start, start + counts.shape[0])
         acc[part] = _accuracy_from_counts(correct, counts)
         if auc_classes:
-            auc[part] = np.mean([auc_from_counts(p[:, k], y == k, counts) for k in auc_classes], axis=0)
+            auc[part] = np.mean([auc_from_counts(scores[:, k], y == k, counts) for k in auc_classes], axis=0)
     acc_ci, auc_ci = ([float(q) for q in np.percentile(v, [2.5, 97.5])] for v in (acc, auc))
     return {"accuracy": acc_ci, "auc_macro": auc_ci if auc_classes else None}

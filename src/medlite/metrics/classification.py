@@ -9,9 +9,18 @@ Conventions: a binary threshold ``t`` calls a sample positive iff ``p_positive >
 at 0.5 this is the arg-max prediction, ties going to class 0). ``per_class[c]["accuracy"]`` is the
 one-vs-rest accuracy (TP + TN) / N; the HybridNet-XR paper's "class-wise accuracy" (class-``c`` images
 classified as ``c``) is ``per_class[c]["recall"]``. Undefined ratios are 0 (scikit-learn's zero_division=0);
-an undefined AUC (class absent, or every target) is None with a warning. Counts come from torchmetrics'
-integer confusion matrix and AUCs from the Mann-Whitney statistic, both in float64 (torchmetrics' own ratios
-are float32), so point estimates equal scikit-learn's and are computed like every bootstrap resample.
+an undefined AUC (class absent, or every target) is None with a warning, and then ``auc_macro`` is None too
+(scikit-learn and MedMNIST's evaluator give NaN there), with ``auc_macro_present`` the mean over the
+classes that have one (``auc_classes``). Counts come from torchmetrics' integer confusion matrix and AUCs from
+the Mann-Whitney statistic, both in float64 (torchmetrics' own ratios are float32), so point estimates equal
+scikit-learn's and are computed like every bootstrap resample. AUCs rank the one-vs-rest log-odds of
+:func:`medlite.metrics.auc.ovr_log_odds`, not ``p_k``, so saturated probabilities do not become ties.
+
+Calibration: ``ece`` is the **top-label** ECE (the arg-max class's confidence against whether it is right;
+torchmetrics' ``multiclass_calibration_error``); binary tasks add ``ece_positive_class`` (the positive
+class's probability against the label; torchmetrics' ``binary_calibration_error``). The two differ and are
+not interchangeable: compare a binary ``ece_positive_class`` with torchmetrics' BinaryCalibrationError and
+``ece`` with its MulticlassCalibrationError.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ import torch
 from torchmetrics.functional.classification import binary_roc, binary_stat_scores, multiclass_confusion_matrix
 
 from medlite.errors import MedliteError
+from medlite.metrics.auc import auc_summary, ovr_log_odds
 from medlite.metrics.bootstrap import auc_from_counts, bootstrap_ci
 from medlite.models.inputs import probs_from_logits
 
-__all__ = ["ReliabilityBins", "compute_metrics", "probs_from_logits", "reliability_bins",
+__all__ = ["ReliabilityBins", "auc_summary", "compute_metrics", "probs_from_logits", "reliability_bins",
            "roc_curves", "youden_threshold"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
@@ -137,7 +147,13 @@ def reliability_bins(probs: ArrayLike, targets: ArrayLike, n_bins: int = ECE_BIN
     y = _check_targets(targets, p.shape[0], p.shape[1], "targets")
     if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
         raise MedliteError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
-    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+    return _bins(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
+
+
+def _bins(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> ReliabilityBins:
+    """Equal-width bins of confidences ``conf`` (N,) in [0, 1] against outcomes ``hit`` (N,) bool; 1.0 joins
+    the last bin. Top-label: conf = max p, hit = correct; positive class: conf = p_pos, hit = label is 1."""
+    correct = np.asarray(hit, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
@@ -211,10 +227,15 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
     Returns:
         ``accuracy``; ``balanced_accuracy`` (mean recall over the classes present in ``targets``);
         ``macro_f1`` (over classes present in targets or predictions, as scikit-learn); ``auc_macro``
-        (one-vs-rest AUC averaged over the classes that have one; for C == 2 the positive class's AUC);
+        (one-vs-rest AUC averaged over all classes; for C == 2 the positive class's AUC; None when a class
+        has none, i.e. is absent from ``targets`` or is every target); ``auc_macro_present`` (the average
+        over the classes that have one, equal to ``auc_macro`` when all do; None when none does);
+        ``auc_classes`` (the names of those classes; for C == 2 the positive class);
         ``per_class`` {name: {precision, recall, f1, specificity, auc, accuracy}}; ``confusion_matrix``
-        (rows true, columns predicted); ``ece`` (15 equal-width top-1 confidence bins); ``ci95``
-        {accuracy, auc_macro: [lo, hi]}; ``n``; and for C == 2 ``thresholds`` {"0.5", "youden": {threshold,
+        (rows true, columns predicted); ``ece`` (top-label ECE, 15 equal-width confidence bins); ``ci95``
+        {accuracy, auc_macro, auc_macro_present: [lo, hi] or None}; ``n``; and for C == 2
+        ``ece_positive_class`` (ECE of the positive class's probability, torchmetrics' binary convention) and
+        ``thresholds`` {"0.5", "youden": {threshold,
         accuracy, sensitivity, specificity, balanced_accuracy, f1}}, the Youden entry with ``chosen_on`` =
         "val" (or "test" without validation data), or None for a one-class test set without validation data.
 
@@ -247,20 +268,29 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
     if not has_auc.all():
         why = [f"{names[k]!r} ({'absent' if support[k] == 0 else 'all samples'})" for k in range(c)
                if not has_auc[k]]
-        warnings.warn(f"targets: AUC undefined for class {', '.join(why)}; reported as null and left out of "
-                      f"auc_macro", UserWarning, stacklevel=2)
+        warnings.warn(f"targets: AUC undefined for class {', '.join(why)}; reported as null, and so is "
+                      f"auc_macro (auc_macro_present averages the {int(has_auc.sum())} classes that have one)",
+                      UserWarning, stacklevel=2)
     ones = np.ones((1, n), dtype=np.int64)
-    auc = [float(auc_from_counts(p[:, k], y == k, ones)[0]) if has_auc[k] else None for k in range(c)]
+    scores = ovr_log_odds(p)
+    auc = [float(auc_from_counts(scores[:, k], y == k, ones)[0]) if has_auc[k] else None for k in range(c)]
     auc_classes = ([1] if has_auc[1] else []) if c == 2 else [int(k) for k in np.flatnonzero(has_auc)]
+    complete = bool(has_auc.all())
+    present = float(np.mean([auc[k] for k in auc_classes])) if auc_classes else None
+    ci = bootstrap_ci(p, y, auc_classes, int(n_bootstrap), seed, scores=scores)
+    ci = {"accuracy": ci["accuracy"], "auc_macro": ci["auc_macro"] if complete else None,
+          "auc_macro_present": ci["auc_macro"]}
 
     metrics: dict[str, Any] = {
         "n": int(n),
         "accuracy": float(tp.sum() / n),
         "balanced_accuracy": float(recall[support > 0].mean()),
         "macro_f1": float(f1[(tp + fp + fn) > 0].mean()),
-        "auc_macro": float(np.mean([auc[k] for k in auc_classes])) if auc_classes else None,
+        "auc_macro": present if complete else None,
+        "auc_macro_present": present,
+        "auc_classes": [names[k] for k in auc_classes],
         "ece": reliability_bins(p, y).ece,
-        "ci95": bootstrap_ci(p, y, auc_classes, int(n_bootstrap), seed),
+        "ci95": ci,
         "per_class": {
             names[k]: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                        "specificity": float(specificity[k]), "auc": auc[k],
@@ -270,6 +300,7 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
         "confusion_matrix": cm.tolist(),
     }
     if c == 2:
+        metrics["ece_positive_class"] = _bins(p[:, 1], y == 1, ECE_BINS).ece
         youden: dict[str, Any] | None = None
         if val_probs is not None:
             cut = _youden(vp[:, 1], vy, "val_targets")

@@ -44,6 +44,14 @@ def format_cell(value: Any, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def auc_cell(row: dict[str, Any]) -> str:
+    """The macro AUC of a compared run, or "—" with the mean over the classes present when a class has no AUC
+    (``auc_macro`` null: a class absent from the test labels)."""
+    if row["auc_macro"] is not None or row.get("auc_macro_present") is None:
+        return format_cell(row["auc_macro"])
+    return f"— ({format_cell(row['auc_macro_present'])} over {row['auc_classes']}/{row['n_classes']} classes)"
+
+
 def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     front = pareto_front(rows, "peak_train_mem_mb")
     header = [
@@ -68,7 +76,7 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 row["paradigm"],
                 str(row["n"]),
                 f"{row['accuracy']:.3f} [{row['accuracy_ci'][0]:.3f}, {row['accuracy_ci'][1]:.3f}]",
-                f"{format_cell(row['auc_macro'])} [{format_cell(row['auc_ci'][0])}, {format_cell(row['auc_ci'][1])}]",
+                f"{auc_cell(row)} [{format_cell(row['auc_ci'][0])}, {format_cell(row['auc_ci'][1])}]",
                 f"{row['params']:,}",
                 f"{row['macs'] / 1e6:.1f}",
                 format_cell(row["peak_train_mem_mb"], ".0f"),

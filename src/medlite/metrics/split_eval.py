@@ -20,7 +20,7 @@ from medlite.models.inputs import predict_proba
 
 
 def score_split(model: nn.Module, data: PreparedData, split: str, in_chans: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (N, C) probabilities of every image of ``split`` (labelled or not) and int64 (N,) labels."""
+    """float64 (N, C) probabilities of every image of ``split`` (labelled or not) and int64 (N,) labels."""
     idx = data.indices(split, labelled_only=False)
     images = data.cached.images[idx] if len(idx) else np.zeros((0, 1, 1), np.uint8)
     return predict_proba(model, images, in_chans=in_chans), data.cached.labels[idx]

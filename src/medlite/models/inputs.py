@@ -98,8 +98,12 @@ def probs_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, **kwargs: object) -> np.ndarray:
-    """Class probabilities float32 (N, C >= 2) of ``model`` for uint8 (N, S, S) images; see :func:`predict_logits`."""
-    return np.asarray(probs_from_logits(predict_logits(model, images, **kwargs)), dtype=np.float32)
+    """Class probabilities float64 (N, C >= 2) of ``model`` for uint8 (N, S, S) images; see :func:`predict_logits`.
+
+    float64, not float32: the small probabilities of a confident model carry its ranking (the large one rounds
+    to 1.0), and AUCs are computed from them (:mod:`medlite.metrics.classification`).
+    """
+    return probs_from_logits(predict_logits(model, images, **kwargs))
 
 
 @torch.no_grad()

@@ -18,6 +18,20 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _partial_auc(metrics: dict[str, Any]) -> str:
+    """What a null macro AUC leaves out, or "" when it covers every class (or no class has an AUC).
+
+    The wording of :func:`medlite.metrics.auc.auc_summary`, built here from the metrics fields because
+    ``rundir`` sits beside ``metrics`` in the layers and does not import it.
+    """
+    present = metrics.get("auc_macro_present")
+    if metrics.get("auc_macro") is not None or present is None:
+        return ""
+    scored = [str(c) for c in metrics.get("auc_classes") or []]
+    total = len(metrics.get("per_class") or {}) or len(scored)
+    return f"; {len(scored)} of {total} classes have an AUC, mean {present:.3f}: {', '.join(scored)}"
+
+
 def _split_table(data: PreparedData) -> list[str]:
     lines = ["| split | " + " | ".join(data.classes) + " | total |", "|---" * (len(data.classes) + 2) + "|"]
     for split in ("train", "val", "test"):
@@ -34,7 +48,8 @@ def write_model_card(
     """Write ``out/model_card.md`` from the resolved config, the split, the evaluation metrics and the
     paradigm's ``notes`` (:meth:`medlite.paradigms.task.ClassifierTask.notes`)."""
     t, p = cfg.train, cfg.preprocess
-    ci = metrics.get("ci95", {})
+    ci = metrics.get("ci95") or {}
+    auc_ci = ci.get("auc_macro") or [None, None]
     labelled = int(data.indices("train").size)
     init = (f"weight selection ({t.select_method}) from {t.init_select}" if t.init_select
             else f"complementary weight selection ({t.select_method}) from {t.teacher[0]}" if t.paradigm == "dual-skd"
@@ -57,6 +72,9 @@ def write_model_card(
         f"- {p.size}x{p.size} px, resize `{p.resize}`, equalisation `{p.equalize}`, Gaussian sigma {p.gaussian_sigma},"
         f" median kernel {p.median_ksize}, {p.channels} channel(s); intensities scaled to [0, 1] then"
         " normalised with the model's mean/std.",
+        f"- DICOM windowing `{p.dicom_window}`; denoising and equalisation "
+        + ("on the float image, quantised to 8 bits last." if p.quantize == "last"
+           else "after quantising to 8 bits (the pipeline before medlite windowed DICOM)."),
         "",
         "## Training",
         f"- Model `{t.model}`{'' if n_params is None else f' ({n_params:,} parameters)'}, init "
@@ -71,8 +89,10 @@ def write_model_card(
         f"- Accuracy {_fmt(metrics['accuracy'])} (95 % CI {_fmt(ci.get('accuracy', [None])[0])}-"
         f"{_fmt(ci.get('accuracy', [None, None])[1])}), balanced accuracy {_fmt(metrics['balanced_accuracy'])},"
         f" macro F1 {_fmt(metrics['macro_f1'])}.",
-        f"- Macro AUC (one-vs-rest) {_fmt(metrics['auc_macro'])} (95 % CI {_fmt(ci.get('auc_macro', [None])[0])}-"
-        f"{_fmt(ci.get('auc_macro', [None, None])[1])}); ECE {_fmt(metrics['ece'])}.",
+        f"- Macro AUC (one-vs-rest) {_fmt(metrics['auc_macro'])} (95 % CI {_fmt(auc_ci[0])}-{_fmt(auc_ci[1])})"
+        + _partial_auc(metrics) + f"; ECE (top label) {_fmt(metrics['ece'])}"
+        + (f", positive-class ECE {_fmt(metrics['ece_positive_class'])}" if "ece_positive_class" in metrics else "")
+        + ".",
         "",
         "| class | precision | recall (class-wise accuracy) | F1 | specificity | AUC |",
         "|---|---|---|---|---|---|",

@@ -83,7 +83,7 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[str,
     weights = run_dir / layout.WEIGHTS
     if not weights.is_file():
         raise MedliteError(f"{run_dir}: no {layout.WEIGHTS} (the run has not finished; resume it first)")
-    cfg = load_config(run_dir / layout.CONFIG)
+    cfg = load_config(run_dir / layout.CONFIG, stored=True)
     info = atomic.read_json(run_dir / layout.RUN_INFO)
     # Runs written before "model_kwargs" existed were built with every family's defaults.
     model = create_model(info["model"], num_classes=info["num_classes"], in_chans=info["in_chans"],

@@ -37,7 +37,13 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "accuracy": metrics["accuracy"],
                 "accuracy_ci": metrics["ci95"]["accuracy"],
                 "auc_macro": metrics["auc_macro"],
-                "auc_ci": metrics["ci95"]["auc_macro"],
+                # a class absent from the test labels leaves auc_macro null; the mean over the others (and its
+                # interval) is shown instead, labelled as such by medlite.metrics.report.auc_cell
+                "auc_ci": (metrics.get("ci95") or {}).get("auc_macro")
+                or (metrics.get("ci95") or {}).get("auc_macro_present") or [None, None],
+                "auc_macro_present": metrics.get("auc_macro_present", metrics["auc_macro"]),
+                "auc_classes": len(metrics.get("auc_classes") or []),
+                "n_classes": len(metrics.get("per_class") or {}),
                 "macro_f1": metrics["macro_f1"],
                 "params": count_parameters(model),
                 "macs": profile.get("macs")

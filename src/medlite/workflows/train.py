@@ -60,7 +60,7 @@ def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, ove
         # A simclr-pw run interrupted in its SimCLR phase has its checkpoint in pretrain/.
         if not (out / layout.LAST_CKPT).is_file() and not (out / layout.PRETRAIN_DIR / layout.LAST_CKPT).is_file():
             raise MedliteError(f"{out}: nothing to resume (no {layout.LAST_CKPT})")
-        return load_config(out / layout.CONFIG, **overrides)
+        return load_config(out / layout.CONFIG, stored=True, **overrides)
     if out.exists() and (out / layout.CONFIG).exists():
         raise MedliteError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
     if isinstance(config, RunConfig):
