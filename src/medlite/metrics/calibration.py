@@ -32,7 +32,7 @@ from scipy.special import log_expit, log_softmax, softmax
 
 from medlite.errors import MedliteError
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "ECE_BINS", "Calibrator", "ReliabilityBins",
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "ECE_BINS", "Calibrator", "ReliabilityBins", "confidence_bins",
            "apply_temperature", "calibration_summary", "fit_isotonic", "fit_temperature", "logits_to_probs",
            "plot_reliability", "reliability_bins"]
 
@@ -294,7 +294,7 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> Reliabi
     """Bin the top-1 confidence into ``n_bins`` equal-width bins (Guo et al. 2017).
 
     Its ``ece`` is torchmetrics' ``multiclass_calibration_error(norm="l1")`` and the ECE that
-    :func:`medlite.evaluate.metrics.compute_metrics` reports; torchmetrics alone puts a confidence of exactly
+    :func:`medlite.metrics.classification.compute_metrics` reports; torchmetrics alone puts a confidence of exactly
     1.0 (frequent with saturated float32 softmax) into an extra 16th bin, here it joins the last bin so the
     plotted bins always add up to the ECE.
 
@@ -307,7 +307,19 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> Reliabi
     y = _labels(labels, p.shape[0], p.shape[1])
     if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
         raise MedliteError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
-    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+    return confidence_bins(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
+
+
+def confidence_bins(conf: np.ndarray, hit: np.ndarray, n_bins: int = ECE_BINS) -> ReliabilityBins:
+    """Equal-width bins of confidences against outcomes; a confidence of exactly 1.0 joins the last bin.
+
+    Args:
+        conf: float (N,) confidences in [0, 1]. Top-label ECE: ``max p``; positive-class ECE: ``p_pos``.
+        hit: bool (N,) outcomes. Top-label: the prediction is correct; positive class: the label is 1.
+        n_bins: number of bins, >= 1 (not validated here; :func:`reliability_bins` does).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(hit, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)

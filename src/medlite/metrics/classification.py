@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torchmetrics.functional.classification import binary_roc, binary_stat_score
 from medlite.errors import MedliteError
 from medlite.metrics.auc import auc_summary, ovr_log_odds
 from medlite.metrics.bootstrap import auc_from_counts, bootstrap_ci
+from medlite.metrics.calibration import ECE_BINS, ReliabilityBins, confidence_bins, reliability_bins
 from medlite.models.inputs import probs_from_logits
 
 __all__ = ["ReliabilityBins", "auc_summary", "compute_metrics", "probs_from_logits", "reliability_bins",
@@ -43,7 +44,6 @@ __all__ = ["ReliabilityBins", "auc_summary", "compute_metrics", "probs_from_logi
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
-ECE_BINS = 15
 _ROW_SUM_TOL = 1e-2  # loose enough for float16 softmax, tight enough to reject multi-label sigmoid scores
 _RANGE_TOL = 1e-6
 
@@ -105,62 +105,6 @@ def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """float64 num / den, 0 where den == 0 (scikit-learn's zero_division=0)."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
-
-
-class ReliabilityBins(NamedTuple):
-    """Reliability-diagram data of the top-1 confidence.
-
-    Attributes:
-        edges: float (n_bins + 1,) equal-width edges from 0 to 1; bin ``i`` is ``[edges[i], edges[i+1])``
-            and the last bin also holds confidence exactly 1.
-        confidence: float (n_bins,) mean top-1 confidence per bin, NaN where empty.
-        accuracy: float (n_bins,) fraction of correct top-1 predictions per bin, NaN where empty.
-        count: int (n_bins,) samples per bin.
-    """
-
-    edges: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    count: np.ndarray
-
-    @property
-    def ece(self) -> float:
-        """Expected calibration error, sum over bins of (count / N) * |accuracy - confidence|, in [0, 1]."""
-        filled = self.count > 0
-        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
-        return float(np.sum(gaps * self.count[filled]) / self.count.sum())
-
-
-def reliability_bins(probs: ArrayLike, targets: ArrayLike, n_bins: int = ECE_BINS) -> ReliabilityBins:
-    """Bin the top-1 confidence into ``n_bins`` equal-width bins (Guo et al. 2017) for a calibration plot.
-
-    Its ``ece`` is the ECE :func:`compute_metrics` reports. It equals torchmetrics'
-    ``multiclass_calibration_error`` except that a confidence of exactly 1.0 (frequent with saturated float32
-    softmax) joins the last bin instead of an extra 16th bin, so the plotted bins always add up to the ECE.
-
-    Args:
-        probs: float (N, C) class probabilities.
-        targets: int (N,) class indices.
-        n_bins: number of bins, >= 1.
-    """
-    p = _check_probs(probs, "probs")
-    y = _check_targets(targets, p.shape[0], p.shape[1], "targets")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
-        raise MedliteError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
-    return _bins(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
-
-
-def _bins(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> ReliabilityBins:
-    """Equal-width bins of confidences ``conf`` (N,) in [0, 1] against outcomes ``hit`` (N,) bool; 1.0 joins
-    the last bin. Top-label: conf = max p, hit = correct; positive class: conf = p_pos, hit = label is 1."""
-    correct = np.asarray(hit, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
-        confidence = np.bincount(idx, weights=conf, minlength=n_bins) / count
-        accuracy = np.bincount(idx, weights=correct, minlength=n_bins) / count
-    return ReliabilityBins(edges, confidence, accuracy, count)
 
 
 def _youden(scores: np.ndarray, y: np.ndarray, name: str) -> float:
@@ -300,7 +244,7 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
         "confusion_matrix": cm.tolist(),
     }
     if c == 2:
-        metrics["ece_positive_class"] = _bins(p[:, 1], y == 1, ECE_BINS).ece
+        metrics["ece_positive_class"] = confidence_bins(p[:, 1], y == 1, ECE_BINS).ece
         youden: dict[str, Any] | None = None
         if val_probs is not None:
             cut = _youden(vp[:, 1], vy, "val_targets")
