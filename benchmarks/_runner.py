@@ -5,6 +5,8 @@
   ``RUNDIR/bench.json`` and a finished run is never trained twice (re-running a benchmark resumes it).
 * :func:`run_queue` runs jobs ``workers`` at a time, each after the jobs it depends on (teachers, SimCLR
   pre-training).
+* :func:`train_in_process` trains one run here unless it already finished (for benchmarks that then use the
+  model in the same process).
 * :func:`write_split` fixes one train/val/test split of a source as a manifest that every run reuses with
   ``split_from``, so runs with other seeds (other label fractions) and teachers share one split.
 """
@@ -84,6 +86,23 @@ def train_in_subprocess(spec: dict[str, Any], threads: int = 1) -> dict[str, Any
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     (out / BENCH).write_text(json.dumps(row, indent=1))
     return row
+
+
+def train_in_process(out: Path, **settings: Any) -> Path:
+    """Train one run into ``out`` with :func:`medlite.workflows.train.train`, unless ``out`` holds finished weights;
+    a folder without them is an interrupted run and starts again. Returns ``out``."""
+    from medlite.rundir import layout
+    from medlite.workflows.train import train
+
+    if (out / layout.WEIGHTS).is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    result = train(out=out, progress=False, **settings)
+    print(f"trained {out.name} in {time.perf_counter() - started:.0f} s: {result.epochs_run} epochs, test accuracy "
+          f"{result.metrics['accuracy']:.3f}", flush=True)
+    return out
 
 
 def run_queue(jobs: list[Job], workers: int = 2, threads: int = 1, log: Any = print) -> dict[str, dict[str, Any]]:

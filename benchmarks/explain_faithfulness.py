@@ -39,23 +39,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from _runner import train_in_process
+
 from medlite.data.synthetic import write_phantom_dataset
 from medlite.explain import evaluate_explanations, explain_images
 from medlite.rundir import layout
 from medlite.utils import atomic
-from medlite.workflows.train import train
-
-
-def _train(out: Path, **settings: Any) -> Path:
-    if (out / layout.WEIGHTS).is_file():
-        return out
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted run: start it again
-    started = time.perf_counter()
-    result = train(out=out, progress=False, **settings)
-    print(f"trained {out.name} in {time.perf_counter() - started:.0f} s: test accuracy "
-          f"{result.metrics['accuracy']:.3f}", flush=True)
-    return out
 
 
 def _fmt(stat: dict[str, Any] | None) -> str:
@@ -106,14 +95,14 @@ def main(argv: list[str] | None = None) -> None:
 
     common = dict(source="synthetic", synthetic_per_class=args.per_class, synthetic_size=128, size=args.size,
                   epochs=args.epochs, batch_size=32, seed=0)
-    runs = {"mobilenet_v2": _train(args.out / "mobilenet_v2", model="mobilenet_v2", **common),
-            "hybridnet_xr_100": _train(args.out / "hybridnet_xr_100", model="hybridnet_xr_100", **common)}
+    runs = {"mobilenet_v2": train_in_process(args.out / "mobilenet_v2", model="mobilenet_v2", **common),
+            "hybridnet_xr_100": train_in_process(args.out / "hybridnet_xr_100", model="hybridnet_xr_100", **common)}
     if not args.skip_pw:
-        runs["hybridnet_xr_100-PW"] = _train(args.out / "hybridnet_xr_100-PW", model="hybridnet_xr_100",
+        runs["hybridnet_xr_100-PW"] = train_in_process(args.out / "hybridnet_xr_100-PW", model="hybridnet_xr_100",
                                              paradigm="simclr-pw", pretrain_epochs=args.pretrain_epochs,
                                              **common)
     if not args.skip_kd:
-        runs["hybridnet_xr_100-KD"] = _train(args.out / "hybridnet_xr_100-KD", model="hybridnet_xr_100",
+        runs["hybridnet_xr_100-KD"] = train_in_process(args.out / "hybridnet_xr_100-KD", model="hybridnet_xr_100",
                                              paradigm="kd", teacher=[str(runs["mobilenet_v2"])], **common)
 
     held_out = args.out / "phantoms-heldout"
@@ -152,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                           out=args.out / "grids")[0]["grid"]
     grids = {"explain_grid_phantom.png": Path(grid)}
     if args.pediatric is not None:
-        real = _train(args.out / "pediatric-hybridnet_xr_100", model="hybridnet_xr_100",
+        real = train_in_process(args.out / "pediatric-hybridnet_xr_100", model="hybridnet_xr_100",
                       source=str(args.pediatric), size=args.size, epochs=args.pediatric_epochs, batch_size=32,
                       limit_train_batches=args.pediatric_batches, seed=0, group_from_filename=True)
         image = sorted((args.pediatric / "bacterial").glob("*"))[0]

@@ -30,7 +30,6 @@ plots (reliability, risk-coverage, score histograms) to ``OUT/plots``, and print
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from _runner import train_in_process
 
 from medlite.data.prepared import prepare_data
 from medlite.data.preprocess import preprocess_image
@@ -58,25 +58,12 @@ from medlite.models.inputs import normalise_batch
 from medlite.rundir import layout
 from medlite.rundir.store import load_run_model
 from medlite.utils import atomic
-from medlite.workflows.train import train
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "hubble_deep_field", "immunohistochemistry",
           "coins", "moon", "clock", "brick", "grass", "gravel", "retina", "cell")
 CROPS_PER_PHOTO = 10
 WORDS = ("patient", "report", "chest", "film", "normal", "findings", "impression", "lung", "left", "right",
          "heart", "size", "no", "acute", "disease", "2024", "dr", "signed", "page", "of")
-
-
-def _train(out: Path, **settings: Any) -> Path:
-    if (out / layout.WEIGHTS).is_file():
-        return out
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted run: start it again
-    started = time.perf_counter()
-    result = train(out=out, progress=False, **settings)
-    print(f"trained {out.name} in {time.perf_counter() - started:.0f} s: {result.epochs_run} epochs, test accuracy "
-          f"{result.metrics['accuracy']:.3f}", flush=True)
-    return out
 
 
 @torch.inference_mode()
@@ -212,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    run = _train(args.out / "run", source="synthetic:chestx6", model=args.model, epochs=args.epochs,
+    run = train_in_process(args.out / "run", source="synthetic:chestx6", model=args.model, epochs=args.epochs,
                  size=args.size, synthetic_per_class=args.per_class, val_frac=0.2, test_frac=0.2,
                  seed=args.seed)
     model, cfg, info = load_run_model(run)
