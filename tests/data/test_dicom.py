@@ -126,7 +126,7 @@ def test_no_patient_data_anywhere(
         warnings.simplefilter("always")
         out = read_image(path)  # header window
         texts.append(repr(image_info(path)))
-        ds = dicom._read_dataset(path.read_bytes(), path, pixels=True)
+        ds = dicom.read_dataset(path.read_bytes(), path, pixels=True)
     assert "PatientName" not in ds and "PatientID" not in ds and "PatientBirthDate" not in ds
     texts.append(repr(ds))
     texts += [str(w.message) for w in caught]

@@ -71,7 +71,7 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def _read_dataset(data: bytes, path: Path, *, pixels: bool) -> Any:
+def read_dataset(data: bytes, path: Path, *, pixels: bool) -> Any:
     """Parse only :data:`PIXEL_TAGS` (never identifying attributes) from the bytes of a DICOM file."""
     pydicom = _pydicom()
     tags = PIXEL_TAGS if pixels else PIXEL_TAGS[:-1]
@@ -174,7 +174,7 @@ def decode_dicom(data: bytes, path: str | Path, *, dicom_window: str = "header")
     _pydicom()  # the install hint, before the submodule import below could fail
     from pydicom.pixels import apply_modality_lut
 
-    ds = _read_dataset(data, path, pixels=True)
+    ds = read_dataset(data, path, pixels=True)
     if "PixelData" not in ds:
         raise DataError(f"{path}: DICOM file has no PixelData element")
     photometric = _check_supported(ds, path)
@@ -224,7 +224,7 @@ def dicom_info(data: bytes, path: str | Path) -> ImageInfo:
     """Rows, columns, BitsStored, SamplesPerPixel and the VOI transform offered (``ImageInfo.window``) of a
     DICOM file, without decoding its pixels."""
     path = Path(path)
-    ds = _read_dataset(data, path, pixels=False)
+    ds = read_dataset(data, path, pixels=False)
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     return ImageInfo(int(ds.Rows), int(ds.Columns), bits, samples, "DICOM",

@@ -117,7 +117,8 @@ def check_image_file(path: str | Path) -> str | None:
     return _truncation_problem(fmt, tail, whole=False, file_size=size)
 
 
-def _load_bytes(path: Path) -> np.ndarray:
+def load_bytes(path: Path) -> np.ndarray:
+    """The raw bytes of an image file as uint8 (N,), with a one-line DataError when missing, a folder or unreadable."""
     if not path.exists():
         raise DataError(f"{path}: image file not found")
     if path.is_dir():
@@ -222,7 +223,7 @@ def read_image(path: str | Path, *, dicom_window: str = "header") -> np.ndarray:
         DataError: the file is missing, empty, not an image, truncated or corrupt.
     """
     path = Path(path)
-    return decode_image(_load_bytes(path), path, dicom_window=dicom_window)
+    return decode_image(load_bytes(path), path, dicom_window=dicom_window)
 
 
 def _png_info(data: bytes) -> tuple[int, int, int, int]:
@@ -273,7 +274,7 @@ def image_info(path: str | Path, data: bytes | None = None) -> ImageInfo:
         DataError: the file is missing, empty, or not a recognised image.
     """
     path = Path(path)
-    raw = bytes(_load_bytes(path)) if data is None else data
+    raw = bytes(load_bytes(path)) if data is None else data
     if len(raw) == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     fmt = _format_of(raw, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medlite.data.imageio import _load_bytes, decode_image, image_info
+from medlite.data.imageio import decode_image, image_info, load_bytes
 from medlite.errors import DataError
 
 __all__ = ["COLOUR_CHROMA", "COLOUR_MIN_FRACTION", "MAX_ASPECT_RATIO", "MIN_INTENSITY_RANGE", "MIN_SHORT_SIDE",
@@ -77,9 +77,9 @@ def _unit(img: np.ndarray, name: str = "image") -> np.ndarray:
 
 def _dicom_colour(data: bytes, path: Path) -> np.ndarray:
     # Only the pixel-module tags are parsed (never identifying attributes), as medlite.data.dicom does.
-    from medlite.data.dicom import _read_dataset
+    from medlite.data.dicom import read_dataset  # here: pydicom loads only for DICOM files (start-up)
 
-    arr = np.asarray(_read_dataset(data, path, pixels=True).pixel_array)
+    arr = np.asarray(read_dataset(data, path, pixels=True).pixel_array)
     if arr.ndim != 3 or arr.shape[2] < 3:
         raise DataError(f"{path}: DICOM with 3 samples per pixel has pixel array shape {arr.shape}")
     return _unit(arr[:, :, :3], str(path))
@@ -95,7 +95,7 @@ def read_for_checks(path: str | Path) -> CheckedImage:
         DataError: as :func:`medlite.data.imageio.read_image` (missing, empty, truncated, corrupt file).
     """
     path = Path(path)
-    buf = _load_bytes(path)
+    buf = load_bytes(path)
     gray = decode_image(buf, path)
     info = image_info(path, buf.tobytes())
     if info.channels < 3:
