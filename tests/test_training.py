@@ -24,10 +24,8 @@ METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "auc_ma
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "hxr"
-    result = train(out=out, model="hybridnet_xr_50", epochs=2, **TINY)
-    return out, result
+def tiny_run(trained_run):
+    return trained_run  # tests/conftest.py: hybridnet_xr_50, 2 epochs, 48 px, 8 phantoms per class
 
 
 def test_run_directory_holds_everything(tiny_run):
@@ -46,7 +44,7 @@ def test_run_directory_holds_everything(tiny_run):
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert {"train_loss", "val_auc", "val_acc", "val_loss"} <= set(rows[0])
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["train"]["model"] == "hybridnet_xr_50" and config["preprocess"]["size"] == 32
+    assert config["train"]["model"] == "hybridnet_xr_50" and config["preprocess"]["size"] == 48
     info = json.loads((out / "run.json").read_text())
     assert info["classes"] == ["Covid-19", "Emphysema", "Normal", "Pneumonia-Bacterial", "Pneumonia-Viral",
                                "Tuberculosis"]

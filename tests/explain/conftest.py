@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -107,11 +108,6 @@ def corners() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A hybridnet_xr_50 run trained for one epoch on 48 px chestx6 phantoms (masks included)."""
-    from medlite.workflows.train import train
-
-    out = tmp_path_factory.mktemp("explain_runs") / "hxr"
-    train(out=out, source="synthetic", model="hybridnet_xr_50", epochs=1, size=48, synthetic_per_class=6,
-          synthetic_size=48, batch_size=12, progress=False)
-    return out
+def phantom_run(trained_run: tuple[Path, Any]) -> Path:
+    """The suite's shared run (tests/conftest.py): hybridnet_xr_50 on 48 px chestx6 phantoms, masks included."""
+    return trained_run[0]
