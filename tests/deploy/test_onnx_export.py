@@ -19,7 +19,6 @@ from medlite.models import list_models
 from medlite.rundir.store import load_run_model
 
 HEAVY = {"vgg19_bn"}  # 140 M parameters; below 224 px its 7x7 adaptive pool needs the slow torch.export path
-SIZES = {"vgg19_bn": 32}
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
 # Heads that are not global-average-pool + linear: OFA's feature-mix layer after the pool, VGG's FC blocks.
 NO_CAM = {"mobilenetv3_ofa_595", "vgg19_bn"}
@@ -59,9 +58,8 @@ def _eager_logits(run: Path, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_model_exports_with_parity(name: str, make_run: Callable[..., Path]) -> None:
-    run = make_run(name, size=SIZES.get(name, 64))
-    report = export_run(run)
+def test_every_model_exports_with_parity(name: str, exported_model: Callable[[str], tuple[Path, Any]]) -> None:
+    run, report = exported_model(name)
 
     fp32 = report["fp32"]
     assert fp32["passed"] and fp32["n_images"] >= 2

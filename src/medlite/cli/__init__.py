@@ -308,7 +308,9 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="predictions.csv or predictions.json")] = None,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")] = None,
-    cam: Annotated[Path | None, typer.Option(help="also write Grad-CAM overlays here (run directories)")] = None,
+    cam: Annotated[Path | None, typer.Option(
+        help="also write heatmaps of the predicted class here (.onnx: class activation map, torch-free; run "
+             "directory: Grad-CAM)")] = None,
 ) -> None:
     """Predict class probabilities for files and folders; the preprocessing comes from the model itself."""
     rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam)
