@@ -329,6 +329,24 @@ def predict(
 
 @app.command()
 @friendly_errors
+def serve(
+    model: Annotated[Path, typer.Argument(help="an exported .onnx, or a run directory (exported first if needed)")],
+    host: Annotated[str, typer.Option(help="address to listen on; any but 127.0.0.1 needs --token-file")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    token_file: Annotated[Path | None, typer.Option(help="file holding the access token (>= 16 characters)")] = None,
+    workers: Annotated[int, typer.Option(help="inference threads")] = 2,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload per request, in MB")] = 50.0,
+    keep_uploads: Annotated[Path | None, typer.Option(help="keep uploaded files here (default: memory only)")] = None,
+) -> None:
+    """Point-of-care web app and REST API on an exported model (torch-free; images stay on this machine)."""
+    from medlite.serve import serve as _serve  # FastAPI, uvicorn, ONNX Runtime: only for this command
+
+    _serve(model, host=host, port=port, token_file=token_file, workers=workers, max_upload_mb=max_upload_mb,
+           keep_uploads=keep_uploads, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
+@app.command()
+@friendly_errors
 def explain(
     paths: Annotated[list[str], typer.Argument(help="run directories, then image files or folders (method names "
                                                     "may follow too: ... gradcam scorecam lime)")],

@@ -6,9 +6,10 @@ axis and returns three outputs (:mod:`medlite.deploy.graph_outputs`): ``logits``
 the features the classifier reads, and ``cam_features`` (B, C, h, w), the map of the model's CAM layer. The
 contract that produces that batch from an image file (input size, channels, intensity convention, resize
 mode, CLAHE/denoise settings), the class names and, for binary models, the validation-tuned threshold travel
-inside the file as JSON under ``metadata_props["medlite"]``, with ``outputs`` (the output names) and ``cam``
-(:func:`~medlite.deploy.graph_outputs.cam_head`: the classifier
-weights that turn ``cam_features`` into a class activation map, or why the head allows none).
+inside the file as JSON under ``metadata_props["medlite"]``, with ``outputs`` (the output names), ``cam``
+(:func:`~medlite.deploy.graph_outputs.cam_head`: the classifier weights that turn ``cam_features`` into a class
+activation map, or why the head allows none) and ``card`` (:func:`~medlite.rundir.card.card_summary`: training
+data, test metrics with 95 % CIs, intended use; what the point-of-care page shows).
 
 Exporter: the TorchScript-based exporter (``dynamo=False``) first: it is fast and reliable for these CNNs
 and ViTs at the pinned default opset 17. It cannot export an adaptive average pool whose output does not
@@ -43,6 +44,7 @@ from medlite.deploy.quantize import quantize_int8
 from medlite.errors import MedliteError, ModelError
 from medlite.models.inputs import predict_proba
 from medlite.rundir import layout, store
+from medlite.rundir.card import card_summary
 from medlite.utils import atomic
 
 DEFAULT_OPSET = 17
@@ -296,8 +298,10 @@ def export_run(
     fp32_path = out_dir / ONNX_FILE
     tmp = out_dir / f".{ONNX_FILE}.{os.getpid()}.check.onnx"
     cam = cam_head(model, torch.from_numpy(normalise(images[:CAM_CHECK_IMAGES], contract)))
+    metrics_file = run_dir / layout.METRICS
+    card = card_summary(cfg, data, atomic.read_json(metrics_file) if metrics_file.is_file() else None)
     metadata = {**contract, "precision": "fp32", "medlite_version": __version__,
-                "torch_version": torch.__version__, "outputs": list(OUTPUT_NAMES), "cam": cam}
+                "torch_version": torch.__version__, "outputs": list(OUTPUT_NAMES), "cam": cam, "card": card}
     report: dict[str, Any] = {
         "run_dir": str(run_dir), "model": contract["model"], "classes": contract["classes"], "format": "onnx",
         "parity_split": split, "n_parity_images": int(len(images)),
