@@ -79,7 +79,7 @@ def _row(probs: np.ndarray | None, classes: list[str], threshold: float | None, 
 
 
 def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float | None = None, *,
-                   cam: bool = False) -> list[dict[str, Any]]:
+                   cam: bool = False, cam_class: int | None = None) -> list[dict[str, Any]]:
     """Score preprocessed images held in memory (what ``predict`` and the point-of-care server share).
 
     Args:
@@ -89,6 +89,8 @@ def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float 
         cam: add ``"cam"``: the float32 (S, S) class activation map in [0, 1] of the predicted class
             (:mod:`medlite.deploy.cam`), or ``None`` when the model has none (``cam_unavailable`` says why);
             needs an exported ONNX model.
+        cam_class: explain this class index for every image instead of the predicted class (the point-of-care
+            page shows a binary model's positive class: where the evidence for the finding is, either way).
 
     Returns:
         One dict per image: ``predicted``, ``prob_<class>`` (6 decimals), ``threshold`` (binary) and ``status``
@@ -104,7 +106,7 @@ def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float 
     if outputs is not None:
         maps: list[np.ndarray | None] = [None] * len(rows)
         if cam_unavailable(contract) is None and CAM_FEATURES_NAME in outputs:
-            targets = [classes.index(r["predicted"]) for r in rows]
+            targets = [classes.index(r["predicted"]) if cam_class is None else cam_class for r in rows]
             maps = list(class_activation_maps(outputs[CAM_FEATURES_NAME], contract, targets))
         for row, cam_map in zip(rows, maps, strict=True):
             row["cam"] = cam_map

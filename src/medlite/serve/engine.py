@@ -85,6 +85,10 @@ class Engine:
         self.cfg = PreprocessConfig.from_stored(self.contract["preprocess"])
         self.threshold = operating_threshold(self.contract, settings.model.name)
         self.cam_reason = cam_unavailable(self.contract)
+        classes = [str(c) for c in self.contract["classes"]]
+        # A binary model's map shows the positive class (where the evidence for the finding is, whether or not it
+        # reaches the threshold); a multi-class model's map shows the predicted class.
+        self.cam_class = 1 if len(classes) == 2 else None
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medlite-serve")
         self._lock = threading.Lock()
         self._pending = 0
@@ -148,7 +152,7 @@ class Engine:
                 outcome.items.append({"image": i + 1, "status": "error", "error": f"{label}: {err}", "code": 400})
         if good:
             rows = predict_arrays(self.classifier, np.stack([u8 for _, u8, _ in good]), self.threshold,
-                                  cam=heatmap and self.cam_reason is None)
+                                  cam=heatmap and self.cam_reason is None, cam_class=self.cam_class)
             for (i, _, shown), row in zip(good, rows, strict=True):
                 outcome.items[i] = self._item(i, row, shown, heatmap=heatmap, display=display)
                 outcome.predicted.append(str(row["predicted"]))
@@ -170,10 +174,14 @@ class Engine:
             if cam is None:
                 item["heatmap_png"], item["heatmap_note"] = None, self.cam_reason
             else:
+                explained = classes[self.cam_class] if self.cam_class is not None else row["predicted"]
                 item["heatmap_png"] = png_base64(heatmap_layer(cam, shown.shape, self.cfg.resize))
-                item["heatmap_note"] = (f"class activation map of {row['predicted']} at layer "
-                                        f"{self.contract['cam']['layer']} (where the model found evidence for it; "
-                                        "not a lesion outline)")
+                item["heatmap_class"] = explained
+                layer = self.contract["cam"]["layer"]
+                item["heatmap_note"] = (
+                    f"class activation map of {explained} at layer {layer}: where the model found evidence for "
+                    "it (not a lesion outline)" if cam.max() > 0 else
+                    f"no positive evidence for {explained} anywhere in the image (layer {layer}): the map is empty")
         return item
 
     def _keep(self, data: bytes, fmt: str, request_id: str, index: int) -> None:

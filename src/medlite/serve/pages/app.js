@@ -70,11 +70,13 @@ function renderModel() {
   const data = card.training_data;
   if (data) {
     fact(facts, "Training data", data.source + " (" + data.kind + ")" + (data.synthetic ? ", synthetic" : ""));
-    for (const split of ["train", "val", "test"]) {
+    const totals = ["train", "val", "test"].map((split) => {
       const counts = data.images[split] || {};
-      const total = Object.values(counts).reduce((a, b) => a + b, 0);
-      fact(facts, split, total + " images: " + Object.entries(counts).map(([c, n]) => c + " " + n).join(", "));
-    }
+      return split + " " + Object.values(counts).reduce((a, b) => a + b, 0);
+    });
+    fact(facts, "Images", totals.join(" · "));
+    const perClass = model.classes.map((c) => c + " " + ((data.images.train || {})[c] || 0));
+    fact(facts, "Train per class", perClass.join(", "));
   } else {
     fact(facts, "Training data", "not recorded in this export");
   }
@@ -258,7 +260,7 @@ function select(index) {
 }
 
 const SHOWN = new Set(["image", "status", "predicted", "probabilities", "threshold", "summary", "display_png",
-  "heatmap_png", "heatmap_note", "abnormal_probability", "warnings"]);
+  "heatmap_png", "heatmap_note", "heatmap_class", "abnormal_probability", "warnings"]);
 
 function renderWarnings(r) {
   const list = $("warnings");
