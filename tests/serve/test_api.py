@@ -290,3 +290,12 @@ def test_run_dir_without_export_is_exported_first(trained_run: tuple[Path, Any],
     assert resolve_model(copy, echo=messages.append) == onnx and len(messages) == 1  # current: not redone
     with pytest.raises(MedliteError, match="model not found"):
         resolve_model(tmp_path / "missing")
+
+
+def test_a_model_without_cam_says_why(make_client: Callable[..., Any], images: dict[str, bytes]) -> None:
+    client = make_client()
+    engine = client.app.state.engine
+    engine.cam_reason = "vgg19_bn: the classifier does not read the spatial average of the CAM layer"  # as cam_head
+    item = _post(client, images["png"], heatmap="true").json()["results"][0]
+    assert item["status"] == "ok" and item["heatmap_png"] is None
+    assert item["heatmap_note"] == engine.cam_reason  # the page shows "No heatmap: <reason>"
