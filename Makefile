@@ -15,6 +15,10 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	@# The browser test of `medlite serve` drives the Debian chromium (Playwright never downloads a browser here);
+	@# install it when missing and running as root, otherwise that test is skipped with the reason printed.
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "chromium not installed (not root): the browser test of medlite serve will be skipped"; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -219,6 +219,9 @@ def test_export_predict_and_explain(trained, phantoms, tmp_path):
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "pred.csv").read_text().splitlines()
     assert len(lines) == 7 and "prob_viral" in lines[0]
+    result = invoke("predict", onnx_file, images / "viral_0000.png", "--cam", tmp_path / "onnx_cams")
+    assert result.exit_code == 0, result.output  # the torch-free class activation map of the ONNX model
+    assert [p.name for p in (tmp_path / "onnx_cams").rglob("*.png")] == ["model_cam.png"]
     result = invoke("predict", trained, images / "viral_0000.png", "--out", tmp_path / "pred.json", "--cam",
                     tmp_path / "cams")
     assert result.exit_code == 0, result.output

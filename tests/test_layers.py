@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("paradigms", "explain", "deploy"),
     ("workflows",),
     ("api",),
+    ("serve",),
     ("cli",),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

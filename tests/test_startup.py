@@ -26,7 +26,7 @@ def _heavy_imports(*argv: str) -> tuple[int, list[str]]:
     return code_, heavy
 
 
-@pytest.mark.parametrize("argv", [("--help",), ("train", "--help"), ("predict", "--help")])
+@pytest.mark.parametrize("argv", [("--help",), ("train", "--help"), ("predict", "--help"), ("serve", "--help")])
 def test_help_imports_no_torch(argv):
     assert _heavy_imports(*argv) == (0, [])
 

@@ -161,17 +161,18 @@ def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | No
             threads: int | None = None, cam: str | Path | None = None) -> list[dict[str, Any]]:
     """Per-file class probabilities from a run directory or an ``.onnx`` (see :func:`medlite.deploy.predict`).
 
-    With ``cam`` (run directories only) Grad-CAM overlays of the predicted class are written there too.
+    With ``cam``, heatmaps of the predicted class are written there too: for an ``.onnx`` the torch-free class
+    activation map from its ``cam_features`` output (:mod:`medlite.deploy.cam`; models whose head is not
+    global-average-pool + linear refuse with the reason), for a run directory Grad-CAM (``medlite explain``).
     """
     from medlite.deploy import predict as _predict
 
-    if cam is not None and not Path(model).is_dir():
-        raise MedliteError(f"--cam needs a run directory, not {model} (an ONNX file has no gradients)")
+    if cam is None or not Path(model).is_dir():
+        return _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, cam=cam)
     rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads)
-    if cam is not None:
-        files = [r["file"] for r in rows if r["status"] == "ok"]
-        if files:
-            explain([model], files, methods=["gradcam"], out=cam)
+    files = [r["file"] for r in rows if r["status"] == "ok"]
+    if files:
+        explain([model], files, methods=["gradcam"], out=cam)
     return rows
 
 

@@ -95,3 +95,20 @@ def binary_export(make_run: Callable[..., Path]) -> tuple[Path, dict[str, Any]]:
     run = make_run("hybridnet_xr_50", size=48, classes="binary", threshold=0.4, per_class=8, head_scale=1.0,
                    equalize="clahe", median_ksize=3)
     return run, export_run(run, int8=True)
+
+
+@pytest.fixture(scope="session")
+def exported_model(make_run: Callable[..., Path]) -> Callable[[str], tuple[Path, dict[str, Any]]]:
+    """``exported_model(name) -> (run, export report)``: a random-init run of ``name`` exported to fp32 ONNX
+    once per session (64 px; 32 px for VGG, whose 140 M parameters make anything larger slow)."""
+    from medlite.deploy import export_run
+
+    cache: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def _get(name: str) -> tuple[Path, dict[str, Any]]:
+        if name not in cache:
+            run = make_run(name, size=32 if name == "vgg19_bn" else 64)
+            cache[name] = run, export_run(run)
+        return cache[name]
+
+    return _get

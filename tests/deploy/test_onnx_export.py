@@ -12,14 +12,16 @@ import onnx
 import pytest
 
 from medlite.deploy import OnnxClassifier, describe_report, export_run, read_metadata, run_contract
+from medlite.deploy.contract import OUTPUT_NAMES
 from medlite.deploy.onnx_export import EXPORT_DIR, INT8_FILE, ONNX_FILE, PARITY_FILE, parity_metrics
 from medlite.errors import MedliteError, ModelError
 from medlite.models import list_models
 from medlite.rundir.store import load_run_model
 
 HEAVY = {"vgg19_bn"}  # 140 M parameters; below 224 px its 7x7 adaptive pool needs the slow torch.export path
-SIZES = {"vgg19_bn": 32}
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
+# Heads that are not global-average-pool + linear: OFA's feature-mix layer after the pool, VGG's FC blocks.
+NO_CAM = {"mobilenetv3_ofa_595", "vgg19_bn"}
 
 
 def _run_images(run: Path, n: int) -> np.ndarray:
@@ -29,6 +31,20 @@ def _run_images(run: Path, n: int) -> np.ndarray:
 
     images = prepare_data(load_config(run / "config.yaml"), progress=False).cached.images
     return np.array(images[:n])  # a writable copy of the read-only memmap rows
+
+
+def _eager_outputs(run: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Eager PyTorch logits, pooled features and backbone map (= the CAM layer's map for these models)."""
+    import torch
+
+    from medlite.deploy.contract import normalise
+
+    model, _, info = load_run_model(run)
+    x = torch.from_numpy(normalise(images, {**info, "input_size": images.shape[1]}))
+    with torch.inference_mode():
+        fmap = model.forward_features(x)
+        return {"logits": model.forward_head(fmap).numpy(), "pooled": model.forward_head(fmap, True).numpy(),
+                "cam_features": fmap.numpy()}
 
 
 def _eager_logits(run: Path, images: np.ndarray) -> np.ndarray:
@@ -42,9 +58,8 @@ def _eager_logits(run: Path, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_model_exports_with_parity(name: str, make_run: Callable[..., Path]) -> None:
-    run = make_run(name, size=SIZES.get(name, 64))
-    report = export_run(run)
+def test_every_model_exports_with_parity(name: str, exported_model: Callable[[str], tuple[Path, Any]]) -> None:
+    run, report = exported_model(name)
 
     fp32 = report["fp32"]
     assert fp32["passed"] and fp32["n_images"] >= 2
@@ -53,6 +68,49 @@ def test_every_model_exports_with_parity(name: str, make_run: Callable[..., Path
     assert (run / EXPORT_DIR / ONNX_FILE).is_file() and not (run / EXPORT_DIR / INT8_FILE).exists()
     saved = json.loads((run / EXPORT_DIR / PARITY_FILE).read_text())
     assert saved["fp32"]["top1_agreement"] == fp32["top1_agreement"] and saved["model"] == name
+
+    # The extra outputs: pooled features and the CAM layer's map, equal to eager PyTorch's.
+    session = OnnxClassifier(run / EXPORT_DIR / ONNX_FILE)
+    assert session.output_names == list(OUTPUT_NAMES) == session.contract["outputs"]
+    images = _run_images(run, 3)
+    got, want = session.outputs(images), _eager_outputs(run, images)
+    for key in OUTPUT_NAMES:
+        assert got[key].shape == want[key].shape, key
+        np.testing.assert_allclose(got[key], want[key], atol=2e-4 * max(1.0, np.abs(want[key]).max()), rtol=1e-3)
+    cam = session.contract["cam"]
+    model, _, _ = load_run_model(run)
+    assert cam["layer"] == model.cfg.cam_layer and cam["available"] is (name not in NO_CAM)
+    if cam["available"]:
+        weight = np.asarray(cam["weights"])
+        assert weight.shape == (want["logits"].shape[1], want["cam_features"].shape[1])
+        # The stored weights reproduce the logits from the spatial mean of the exported map.
+        np.testing.assert_allclose(got["cam_features"].mean((2, 3)) @ weight.T + np.asarray(cam["bias"]),
+                                   got["logits"], atol=1e-4, rtol=1e-4)
+    else:
+        assert "no class activation map" in cam["reason"] and "weights" not in cam
+
+
+@pytest.mark.parametrize(("name", "kwargs", "why"), [
+    ("squeezenet1_1", {"head_relu": True}, "not a linear function"),
+    ("vit_tiny_patch16", {"global_pool": "token"}, "class token"),
+    ("squeezenet1_1", {}, None),
+    ("vit_tiny_patch16", {}, None),
+])
+def test_cam_head_decides_from_the_head(name: str, kwargs: dict[str, Any], why: str | None) -> None:
+    import torch
+
+    from medlite.deploy.graph_outputs import ExportGraph, cam_head
+    from medlite.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=2, in_chans=1, **kwargs).eval()
+    x = torch.randn(2, 1, 32, 32)
+    cam = cam_head(model, x)
+    assert cam["available"] is (why is None)
+    if why:
+        assert why in cam["reason"]
+    _, _, features = ExportGraph(model, x)(x)
+    assert features.ndim == 4 and features.shape[0] == 2  # ViT tokens folded to their patch grid
 
 
 
@@ -110,6 +168,14 @@ def test_binary_threshold_and_int8(binary_export: tuple[Path, dict[str, Any]]) -
     assert isinstance(int8["passed"], bool)
     quant_meta = read_metadata(run / EXPORT_DIR / INT8_FILE)
     assert quant_meta["precision"] == "int8" and quant_meta["quantization"]["per_channel"] is True
+    assert quant_meta["cam"] == meta["cam"] and meta["cam"]["available"]
+    quantised = OnnxClassifier(run / EXPORT_DIR / INT8_FILE)
+    assert quantised.output_names == list(OUTPUT_NAMES)
+    outs, ref = quantised.outputs(images[:4]), OnnxClassifier(run / EXPORT_DIR / ONNX_FILE).outputs(images[:4])
+    for key in OUTPUT_NAMES:
+        assert outs[key].shape == ref[key].shape and np.isfinite(outs[key]).all()
+    # int8 pooled features track fp32 ones (they feed the out-of-distribution checks).
+    assert np.corrcoef(outs["pooled"].ravel(), ref["pooled"].ravel())[0, 1] > 0.9
     assert quant_meta["classes"] == meta["classes"] and quant_meta["threshold"] == meta["threshold"]
     assert json.loads((run / EXPORT_DIR / PARITY_FILE).read_text())["int8"]["size_mb"] == int8["size_mb"]
     summary = describe_report(report).splitlines()

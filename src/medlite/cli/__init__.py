@@ -308,7 +308,9 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="predictions.csv or predictions.json")] = None,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")] = None,
-    cam: Annotated[Path | None, typer.Option(help="also write Grad-CAM overlays here (run directories)")] = None,
+    cam: Annotated[Path | None, typer.Option(
+        help="also write heatmaps of the predicted class here (.onnx: class activation map, torch-free; run "
+             "directory: Grad-CAM)")] = None,
 ) -> None:
     """Predict class probabilities for files and folders; the preprocessing comes from the model itself."""
     rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam)
@@ -323,6 +325,24 @@ def predict(
         console.print(f"... {len(rows) - 20} more")
     if out is not None:
         console.print(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def serve(
+    model: Annotated[Path, typer.Argument(help="an exported .onnx, or a run directory (exported first if needed)")],
+    host: Annotated[str, typer.Option(help="address to listen on; any but 127.0.0.1 needs --token-file")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    token_file: Annotated[Path | None, typer.Option(help="file holding the access token (>= 16 characters)")] = None,
+    workers: Annotated[int, typer.Option(help="inference threads")] = 2,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload per request, in MB")] = 50.0,
+    keep_uploads: Annotated[Path | None, typer.Option(help="keep uploaded files here (default: memory only)")] = None,
+) -> None:
+    """Point-of-care web app and REST API on an exported model (torch-free; images stay on this machine)."""
+    from medlite.serve import serve as _serve  # FastAPI, uvicorn, ONNX Runtime: only for this command
+
+    _serve(model, host=host, port=port, token_file=token_file, workers=workers, max_upload_mb=max_upload_mb,
+           keep_uploads=keep_uploads, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
 @app.command()

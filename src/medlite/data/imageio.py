@@ -260,6 +260,22 @@ def _jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
+def header_shape(data: bytes) -> tuple[int, int] | None:
+    """(H, W) in pixels from a PNG or JPEG header, without decoding any pixel; ``None`` for other formats or
+    a header that cannot be parsed. A server checks it against a pixel limit before decoding (a small file
+    can declare a huge image: a decompression bomb)."""
+    head = bytes(data[:132])
+    fmt = sniff_format(head)
+    parsed = None
+    if fmt == "PNG" and len(data) >= 26 and data[12:16] == b"IHDR":
+        parsed = _png_info(bytes(data[:26]))
+    elif fmt == "JPEG":
+        parsed = _jpeg_info(bytes(data))
+    if parsed is None or parsed[0] <= 0 or parsed[1] <= 0:
+        return None
+    return int(parsed[0]), int(parsed[1])
+
+
 def image_info(path: str | Path, data: bytes | None = None) -> ImageInfo:
     """Height, width, stored bit depth, channels and format of an image file.
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medlite.deploy.contract import METADATA_KEY, normalise, probabilities, run_contract
+from medlite.deploy.contract import METADATA_KEY, OUTPUT_NAME, normalise, probabilities, run_contract
 from medlite.errors import ModelError
 
 
@@ -51,10 +51,21 @@ class OnnxClassifier:
                              "`medlite export`")
         self.contract: dict[str, Any] = json.loads(meta[METADATA_KEY])
         self.input_name = self.session.get_inputs()[0].name
+        # Exports since the pooled / cam_features outputs have three; older ones only logits (first output).
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._logits_name = OUTPUT_NAME if OUTPUT_NAME in self.output_names else self.output_names[0]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """float32 (B, C) logits for uint8 (B, S, S) preprocessed images."""
-        return self.session.run(None, {self.input_name: normalise(images, self.contract)})[0]
+        return self.session.run([self._logits_name], {self.input_name: normalise(images, self.contract)})[0]
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output for uint8 (B, S, S) images from one run: ``logits`` (B, K) and, for current
+        exports, ``pooled`` (B, D) and ``cam_features`` (B, C, h, w) (float32)."""
+        values = self.session.run(self.output_names, {self.input_name: normalise(images, self.contract)})
+        out = dict(zip(self.output_names, values, strict=True))
+        out.setdefault(OUTPUT_NAME, out[self._logits_name])
+        return out
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """float64 (B, C) probabilities for uint8 (B, S, S) preprocessed images."""

@@ -30,6 +30,10 @@ METADATA_KEY = "medlite"
 CONTRACT_VERSION = 1
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+POOLED_NAME = "pooled"
+CAM_FEATURES_NAME = "cam_features"
+OUTPUT_NAMES = (OUTPUT_NAME, POOLED_NAME, CAM_FEATURES_NAME)
+"""Outputs of an exported graph: logits (B, K), pooled features (B, D), the CAM layer's map (B, C, h, w)."""
 _OUTPUT_SUFFIXES = (".csv", ".json")
 
 

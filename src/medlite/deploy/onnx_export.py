@@ -2,9 +2,14 @@
 
 :func:`export_run` writes ``RUNDIR/export/model.onnx`` (and, with ``int8=True``, ``model.int8.onnx``) plus
 ``parity.json``. The graph takes the normalised float32 batch ``(B, in_chans, S, S)`` with a dynamic batch
-axis and returns ``(B, C)`` logits. The contract that produces that batch from an image file (input size,
-channels, intensity convention, resize mode, CLAHE/denoise settings), the class names and, for binary models,
-the validation-tuned threshold travel inside the file as JSON under ``metadata_props["medlite"]``.
+axis and returns three outputs (:mod:`medlite.deploy.graph_outputs`): ``logits`` (B, K), ``pooled`` (B, D),
+the features the classifier reads, and ``cam_features`` (B, C, h, w), the map of the model's CAM layer. The
+contract that produces that batch from an image file (input size, channels, intensity convention, resize
+mode, CLAHE/denoise settings), the class names and, for binary models, the validation-tuned threshold travel
+inside the file as JSON under ``metadata_props["medlite"]``, with ``outputs`` (the output names), ``cam``
+(:func:`~medlite.deploy.graph_outputs.cam_head`: the classifier weights that turn ``cam_features`` into a class
+activation map, or why the head allows none) and ``card`` (:func:`~medlite.rundir.card.card_summary`: training
+data, test metrics with 95 % CIs, intended use; what the point-of-care page shows).
 
 Exporter: the TorchScript-based exporter (``dynamo=False``) first: it is fast and reliable for these CNNs
 and ViTs at the pinned default opset 17. It cannot export an adaptive average pool whose output does not
@@ -33,11 +38,13 @@ from torch import nn
 from medlite._version import __version__
 from medlite.data.prepared import PreparedData, prepare_data
 from medlite.deploy.classifiers import OnnxClassifier
-from medlite.deploy.contract import INPUT_NAME, OUTPUT_NAME, run_contract, set_metadata
+from medlite.deploy.contract import INPUT_NAME, OUTPUT_NAMES, normalise, run_contract, set_metadata
+from medlite.deploy.graph_outputs import ExportGraph, cam_head
 from medlite.deploy.quantize import quantize_int8
 from medlite.errors import MedliteError, ModelError
 from medlite.models.inputs import predict_proba
 from medlite.rundir import layout, store
+from medlite.rundir.card import card_summary
 from medlite.utils import atomic
 
 DEFAULT_OPSET = 17
@@ -52,6 +59,7 @@ DYNAMO_MIN_OPSET = 18
 EXPORT_DIR, ONNX_FILE = layout.EXPORT_DIR, layout.ONNX_FILE
 INT8_FILE, PARITY_FILE = layout.INT8_FILE, layout.PARITY_FILE
 
+CAM_CHECK_IMAGES = 8  # real images on which the head is tested for global-average-pool + linear
 PARITY_IMAGES = 512  # one flipped decision moves agreement by 0.2 %, well inside the 1 % int8 margin
 CALIBRATION_IMAGES = 128
 # int8 retries: fractions of the weighted layers, from the input, kept in fp32 until parity is met
@@ -63,6 +71,10 @@ _MB = 1e6
 
 
 # --------------------------------------------------------------------------------------------- export
+def _dynamic_axes() -> dict[str, dict[int, str]]:
+    return {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+
+
 def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
     import onnx
 
@@ -74,8 +86,8 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), do_constant_folding=True,
+                          dynamic_axes=_dynamic_axes())
     return onnx.load_model_from_string(buffer.getvalue())
 
 
@@ -84,7 +96,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                                     dynamic_shapes=({0: batch},), report=False, verify=False)
     return program.model_proto
 
@@ -100,8 +112,11 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export an eval-mode model to ONNX with a dynamic batch axis, written atomically.
 
+    The graph returns ``logits``, ``pooled`` and ``cam_features`` (:class:`~medlite.deploy.graph_outputs.
+    ExportGraph`); every output has the dynamic batch axis.
+
     Args:
-        model: a zoo model; exported in eval mode (its mode is restored afterwards).
+        model: a zoo model (``cfg.cam_layer``); exported in eval mode (its mode is restored afterwards).
         path: destination ``.onnx`` file.
         input_size: side ``S`` in pixels of the square input ``(B, in_chans, S, S)`` (fixed in the graph).
         in_chans: input channels.
@@ -128,10 +143,11 @@ def export_onnx(
     model.eval()
     used = {"exporter": "torchscript", "opset": opset}
     try:
+        graph = ExportGraph(model, example)
         try:
             if opset > TORCHSCRIPT_MAX_OPSET:
                 raise ModelError(f"opset {opset} needs the torch.export-based exporter")
-            proto = _export_torchscript(model, example, opset)
+            proto = _export_torchscript(graph, example, opset)
         except Exception as first:  # noqa: BLE001 - exporter failures come as many exception types
             used = {"exporter": "dynamo", "opset": max(opset, DYNAMO_MIN_OPSET)}
             if not isinstance(first, ModelError):
@@ -139,7 +155,7 @@ def export_onnx(
                               f"{str(first).splitlines()[0][:160]}); retrying with the torch.export-based "
                               f"exporter at opset {used['opset']}", UserWarning, stacklevel=2)
             try:
-                proto = _export_dynamo(model, example, used["opset"])
+                proto = _export_dynamo(graph, example, used["opset"])
             except Exception as second:  # noqa: BLE001
                 name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
                 raise ModelError(f"{name}: ONNX export failed ({type(second).__name__}: "
@@ -281,8 +297,11 @@ def export_run(
     out_dir = Path(out) if out is not None else run_dir / EXPORT_DIR
     fp32_path = out_dir / ONNX_FILE
     tmp = out_dir / f".{ONNX_FILE}.{os.getpid()}.check.onnx"
+    cam = cam_head(model, torch.from_numpy(normalise(images[:CAM_CHECK_IMAGES], contract)))
+    metrics_file = run_dir / layout.METRICS
+    card = card_summary(cfg, data, atomic.read_json(metrics_file) if metrics_file.is_file() else None)
     metadata = {**contract, "precision": "fp32", "medlite_version": __version__,
-                "torch_version": torch.__version__}
+                "torch_version": torch.__version__, "outputs": list(OUTPUT_NAMES), "cam": cam, "card": card}
     report: dict[str, Any] = {
         "run_dir": str(run_dir), "model": contract["model"], "classes": contract["classes"], "format": "onnx",
         "parity_split": split, "n_parity_images": int(len(images)),

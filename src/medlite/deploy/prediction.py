@@ -23,7 +23,9 @@ import numpy as np
 from medlite.data.files import image_files
 from medlite.data.imageio import read_image
 from medlite.data.preprocess import PreprocessConfig, preprocess_image
-from medlite.deploy.classifiers import load_classifier
+from medlite.deploy.cam import cam_unavailable, class_activation_maps, unique_stems, write_cam
+from medlite.deploy.classifiers import Classifier, load_classifier
+from medlite.deploy.contract import CAM_FEATURES_NAME, probabilities
 from medlite.errors import DataError, MedliteError
 from medlite.utils import atomic
 
@@ -37,18 +39,32 @@ def collect_inputs(inputs: Sequence[str | Path], recursive: bool = True) -> list
     return image_files(list(inputs), recursive)
 
 
-def _load(path: Path, cfg: PreprocessConfig) -> np.ndarray | str:
-    """The preprocessed uint8 (S, S) image of ``path``, or the reason it cannot be used."""
+def _load(path: Path, cfg: PreprocessConfig, keep: bool = False) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """The preprocessed uint8 (S, S) image of ``path`` (and, with ``keep``, the float image as read), or the
+    reason it cannot be used."""
     try:
-        return preprocess_image(read_image(path, dicom_window=cfg.dicom_window), cfg)
+        original = read_image(path, dicom_window=cfg.dicom_window)
+        return preprocess_image(original, cfg), original if keep else None
     except DataError as err:
         return str(err).removeprefix(f"{path}: ")
 
 
-# ------------------------------------------------------------------------------------------------ output
-def _row(file: Path, probs: np.ndarray | None, classes: list[str], threshold: float | None,
-         status: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"file": str(file), "predicted": None}
+# ------------------------------------------------------------------------------------------------ scoring
+def operating_threshold(contract: dict[str, Any], model: str | Path | None = None) -> float | None:
+    """The binary model's decision threshold on the positive-class probability (``None`` for >2 classes);
+    0.5, with a warning, when the export stores no validation-tuned one."""
+    if len(contract["classes"]) != 2:
+        return None
+    threshold = contract.get("threshold")
+    if threshold is None:
+        warnings.warn(f"{model or contract['model']}: no validation-tuned threshold stored; deciding at 0.5",
+                      UserWarning, stacklevel=3)
+        return 0.5
+    return float(threshold)
+
+
+def _row(probs: np.ndarray | None, classes: list[str], threshold: float | None, status: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"predicted": None}
     for i, name in enumerate(classes):
         row[f"prob_{name}"] = None if probs is None else round(float(probs[i]), 6)
     if len(classes) == 2:
@@ -62,6 +78,42 @@ def _row(file: Path, probs: np.ndarray | None, classes: list[str], threshold: fl
     return row
 
 
+def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float | None = None, *,
+                   cam: bool = False, cam_class: int | None = None) -> list[dict[str, Any]]:
+    """Score preprocessed images held in memory (what ``predict`` and the point-of-care server share).
+
+    Args:
+        classifier: an :class:`~medlite.deploy.classifiers.OnnxClassifier` or ``TorchClassifier``.
+        images: uint8 (B, S, S) images made by ``preprocess_image`` under the classifier's contract.
+        threshold: the binary operating point (:func:`operating_threshold`); ignored for more classes.
+        cam: add ``"cam"``: the float32 (S, S) class activation map in [0, 1] of the predicted class
+            (:mod:`medlite.deploy.cam`), or ``None`` when the model has none (``cam_unavailable`` says why);
+            needs an exported ONNX model.
+        cam_class: explain this class index for every image instead of the predicted class (the point-of-care
+            page shows a binary model's positive class: where the evidence for the finding is, either way).
+
+    Returns:
+        One dict per image: ``predicted``, ``prob_<class>`` (6 decimals), ``threshold`` (binary) and ``status``
+        (``"ok"``), plus ``cam`` when asked for.
+    """
+    contract = classifier.contract
+    classes = list(contract["classes"])
+    if cam and not hasattr(classifier, "outputs"):
+        raise MedliteError("class activation maps need an exported .onnx model (a run directory: medlite explain)")
+    outputs = classifier.outputs(images) if cam else None
+    probs = probabilities(outputs["logits"]) if outputs is not None else classifier.predict_proba(images)
+    rows = [_row(p, classes, threshold, "ok") for p in probs]
+    if outputs is not None:
+        maps: list[np.ndarray | None] = [None] * len(rows)
+        if cam_unavailable(contract) is None and CAM_FEATURES_NAME in outputs:
+            targets = [classes.index(r["predicted"]) if cam_class is None else cam_class for r in rows]
+            maps = list(class_activation_maps(outputs[CAM_FEATURES_NAME], contract, targets))
+        for row, cam_map in zip(rows, maps, strict=True):
+            row["cam"] = cam_map
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ output
 def write_predictions(rows: list[dict[str, Any]], out: str | Path, contract: dict[str, Any],
                       model: str | Path) -> Path:
     """Write ``rows`` atomically as CSV (a row per file) or JSON (model, classes, threshold, predictions)."""
@@ -94,6 +146,7 @@ def predict(
     batch_size: int = 16,
     threads: int | None = None,
     recursive: bool = True,
+    cam: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every image file in ``inputs`` with a run directory or an exported ``.onnx`` model.
 
@@ -105,6 +158,9 @@ def predict(
         batch_size: images per forward pass.
         threads: inference threads (and file-reading threads); ``None`` uses all cores.
         recursive: search subfolders of folder inputs.
+        cam: a folder for class activation maps of the predicted class (exported ``.onnx`` models with a
+            global-average-pool + linear head; torch-free, :mod:`medlite.deploy.cam`): ``CAM/<image stem>/
+            <model stem>_cam.png`` (overlay) and ``.npy`` (map at the original geometry), and ``CAM/cams.json``.
 
     Returns:
         One dict per file, in input order: ``file``, ``predicted`` (class name), ``prob_<class>`` per class
@@ -124,25 +180,42 @@ def predict(
     files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), recursive)
     classifier = load_classifier(model, threads)
     contract = classifier.contract
+    if cam is not None:
+        if not hasattr(classifier, "outputs"):
+            raise MedliteError(f"--cam with {model}: ONNX class activation maps need an exported .onnx "
+                               "(for a run directory, medlite.api.predict draws Grad-CAM)")
+        reason = cam_unavailable(contract)
+        if reason is not None:
+            raise MedliteError(f"--cam: {reason}; `medlite explain` on the run directory draws Grad-CAM or "
+                               "Score-CAM instead")
     cfg = PreprocessConfig.from_stored(contract["preprocess"])  # an older export lacks the newer settings
     classes = list(contract["classes"])
-    threshold = contract.get("threshold")
-    if len(classes) == 2 and threshold is None:
-        warnings.warn(f"{model}: no validation-tuned threshold stored; deciding at 0.5", UserWarning,
-                      stacklevel=2)
-        threshold = 0.5
+    threshold = operating_threshold(contract, model)
     rows: list[dict[str, Any]] = []
+    cams: list[dict[str, Any]] = []
+    folders = unique_stems([f.stem for f in files]) if cam is not None else []
     with _reader_pool(threads) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            loaded = list(pool.map(lambda f: _load(f, cfg), chunk))
-            good = [img for img in loaded if isinstance(img, np.ndarray)]
-            probs = iter(classifier.predict_proba(np.stack(good)) if good else [])
-            for file, item in zip(chunk, loaded, strict=True):
+            loaded = list(pool.map(lambda f: _load(f, cfg, keep=cam is not None), chunk))
+            good = [item for item in loaded if not isinstance(item, str)]
+            scored = iter(predict_arrays(classifier, np.stack([u8 for u8, _ in good]), threshold,
+                                         cam=cam is not None) if good else [])
+            for i, (file, item) in enumerate(zip(chunk, loaded, strict=True), start=start):
                 if isinstance(item, str):
-                    rows.append(_row(file, None, classes, threshold, f"error: {item}"))
-                else:
-                    rows.append(_row(file, next(probs), classes, threshold, "ok"))
+                    rows.append({"file": str(file), **_row(None, classes, threshold, f"error: {item}")})
+                    continue
+                row = next(scored)
+                cam_map = row.pop("cam", None)
+                rows.append({"file": str(file), **row})
+                if cam_map is not None:
+                    label = f"{Path(model).stem}_cam"
+                    png, npy = write_cam(Path(cam) / folders[i], label, item[1], cam_map, cfg.resize)
+                    cams.append({"image": str(file), "model": contract["model"], "method": "cam",
+                                 "layer": contract["cam"]["layer"], "target_name": row["predicted"],
+                                 "target": classes.index(row["predicted"]),
+                                 "probability": row[f"prob_{row['predicted']}"], "overlay": str(png),
+                                 "map": str(npy)})
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         warnings.warn(f"skipped {len(failed)} of {len(rows)} files that could not be read (first: "
@@ -150,4 +223,6 @@ def predict(
                       stacklevel=2)
     if out is not None:
         write_predictions(rows, out, contract, model)
+    if cam is not None:
+        atomic.write_json(Path(cam) / "cams.json", cams)
     return rows

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlite.errors import MedliteError, ModelError
+from medlite.models.spatial import to_spatial
+from medlite.models.spatial import token_grid as _token_grid
 
 TargetSpec = int | Sequence[int] | torch.Tensor | None
 
@@ -113,30 +114,6 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
                          + ("" if len(names) <= 60 else f" ... ({len(names)} in all; "
                             "medlite.explain.layer_names(model) lists them)"))
     return name, modules[name]
-
-
-def _token_grid(tokens: torch.Tensor, input_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """Prefix-token count P and patch grid (h, w) of a (B, P + h*w, D) sequence for an (H, W) input."""
-    count = tokens.shape[1]
-    aspect = input_hw[0] / input_hw[1]
-    for prefix in range(0, min(9, count)):
-        n = count - prefix
-        h = max(1, round(math.sqrt(n * aspect)))
-        if n % h == 0 and abs(h / (n // h) - aspect) < 0.25:
-            return prefix, (h, n // h)
-    raise ModelError(f"layer output of shape {tuple(tokens.shape)} cannot be folded into a patch grid")
-
-
-def to_spatial(out: Any, name: str, input_hw: tuple[int, int]) -> torch.Tensor:
-    """A layer output as a (B, C, h, w) map: 4-D as is, ViT tokens (B, P + h*w, D) folded (prefix dropped)."""
-    if isinstance(out, torch.Tensor) and out.ndim == 4:
-        return out
-    if isinstance(out, torch.Tensor) and out.ndim == 3:
-        prefix, (h, w) = _token_grid(out, input_hw)
-        return out[:, prefix:].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    raise ModelError(f"layer: {name!r} outputs {shape}, not a (B, C, H, W) map or (B, tokens, D) sequence; "
-                     "choose a convolutional layer (the model cfg's cam_layer is one)")
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,9 @@ from medlite.data.prepared import PreparedData
 from medlite.rundir import layout
 from medlite.utils import atomic
 
+INTENDED_USE = "Research and education: comparing lightweight classifiers and training paradigms on chest X-rays."
+NOT_A_DEVICE = "Not a diagnostic device; a clinician decides."
+
 
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
@@ -115,7 +118,7 @@ def write_model_card(
     lines += [
         "",
         "## Intended use",
-        "Research and education: comparing lightweight classifiers and training paradigms on chest X-rays.",
+        INTENDED_USE,
         "Not a medical device; not for diagnosis or triage of real patients.",
         "",
         "## Limitations",
@@ -129,3 +132,36 @@ def write_model_card(
         "",
     ]
     return atomic.write_text(out / layout.MODEL_CARD, "\n".join(lines))
+
+
+def card_summary(cfg: RunConfig, data: PreparedData, metrics: dict[str, Any] | None,
+                 split: str = "test") -> dict[str, Any]:
+    """The model card as JSON, for an exported model to carry (the point-of-care page's model panel).
+
+    Returns:
+        ``model``, ``paradigm``, ``classes``, ``training_data`` (``source``, ``kind``, ``images`` per split and
+        class, ``synthetic``), ``results`` (``split``, ``n``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``,
+        ``auc_macro``, ``ece``, ``ci95`` (metric -> [low, high], 95 % bootstrap), ``per_class`` and binary
+        ``thresholds``; ``None`` when the run has no test metrics), ``intended_use``, ``not_a_device`` and
+        ``limitations``. Only aggregate numbers: nothing about any single image.
+    """
+    counts = {}
+    for name in ("train", "val", "test"):
+        idx = data.indices(name, labelled_only=False)
+        counts[name] = dict(zip(data.classes, np.bincount(data.cached.labels[idx],
+                                                          minlength=len(data.classes)).tolist(), strict=True))
+    results = None
+    if metrics:
+        keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "ci95", "per_class",
+                "thresholds")
+        results = {"split": split, **{k: metrics[k] for k in keys if k in metrics}}
+    synthetic = cfg.data.source.startswith("synthetic")
+    return {
+        "model": cfg.train.model, "paradigm": cfg.train.paradigm, "classes": list(data.classes),
+        "training_data": {"source": str(cfg.data.source), "kind": data.source.kind, "images": counts,
+                          "synthetic": synthetic},
+        "results": results, "intended_use": INTENDED_USE, "not_a_device": NOT_A_DEVICE,
+        "limitations": ("Trained on synthetic phantoms: a software test bed, not evidence of clinical accuracy."
+                        if synthetic else "Metrics hold for this data source and split only; expect lower "
+                        "performance on other scanners, sites and populations."),
+    }
