@@ -270,3 +270,34 @@ def test_low_label_mistakes_are_one_line_errors(phantoms, trained, tmp_path):
     assert_one_line_error(invoke("train", *common, "--split-from", tmp_path, "--out", tmp_path / "c"),
                           "no split manifest")
     assert_one_line_error(invoke("evaluate", trained, "--prototypes", "--data", phantoms), "drop --data")
+
+
+@pytest.mark.parametrize("command", [
+    ("predict", "{run}", "{data}", "--threads", "0"),
+    ("predict", "{run}", "{data}", "--batch-size", "0"),
+    ("profile", "hybridnet_xr_50", "--img-size", "0"),
+    ("profile", "hybridnet_xr_50", "--batch-size", "0"),
+    ("profile", "hybridnet_xr_50", "--threads", "0"),
+    ("evaluate", "{run}", "--prototypes", "--k-shot", "0"),
+    ("evaluate", "{run}", "--prototypes", "--q-query", "0"),
+    ("evaluate", "{run}", "--prototypes", "--episodes", "0"),
+    ("explain", "{run}", "{data}", "--batch-size", "0"),
+    ("explain", "{run}", "--evaluate", "--n", "0"),
+    ("data", "synth", "{tmp}/s", "--per-class", "0"),
+    ("data", "synth", "{tmp}/s", "--size", "0"),
+    ("demo", "--out", "{tmp}/d", "--epochs", "0"),
+    ("train", "--data", "{data}", "--out", "{tmp}/t", "--img-size", "0"),
+    ("train", "--data", "{data}", "--out", "{tmp}/t", "--epochs", "0"),
+    ("serve", "{tmp}/none.onnx", "--port", "0"),
+    ("serve", "{tmp}/none.onnx", "--workers", "0"),
+], ids=lambda c: " ".join(c[:1] + c[-2:]))
+def test_zero_is_refused_by_every_count_option_naming_the_flag(command, trained, phantoms, tmp_path):
+    """One rule for 0 (issue 17): refused like a negative, by flag name, before anything is written."""
+    args = [a.format(run=trained, data=phantoms / "Normal", tmp=tmp_path) for a in command]
+    if command[0] == "train":
+        args[args.index("--data") + 1] = str(phantoms / "manifest.csv")
+    flag = command[-2]
+    before = sorted(p.name for p in trained.iterdir())
+    assert_one_line_error(invoke(*args), flag)
+    assert sorted(p.name for p in trained.iterdir()) == before
+    assert not any(tmp_path.iterdir())

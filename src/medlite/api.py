@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medlite.errors import MedliteError
+from medlite.errors import MedliteError, require_positive
 from medlite.rundir import layout
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ def synthesize(out: str | Path, classes: str = "chestx6", per_class: int = 50, s
     """Write a phantom dataset (``OUT/<class>/*.png``, ``OUT/masks/...``, ``OUT/manifest.csv``); returns OUT."""
     from medlite.data.synthetic import write_phantom_dataset
 
+    require_positive("--per-class", per_class)
+    require_positive("--size", size, minimum=32)
     return write_phantom_dataset(out, classes=classes, per_class=per_class, size=size, seed=seed)
 
 
@@ -104,6 +106,8 @@ def evaluate_prototypes(run_dir: str | Path, *, split: str = "test", k_shot: int
     see :func:`medlite.workflows.evaluate.evaluate_with_prototypes`."""
     from medlite.workflows.evaluate import evaluate_with_prototypes
 
+    for flag, value in (("--k-shot", k_shot), ("--q-query", q_query), ("--episodes", episodes)):
+        require_positive(flag, value)
     return evaluate_with_prototypes(run_dir, split=split, k_shot=k_shot, q_query=q_query, episodes=episodes,
                                     out=out)
 
@@ -135,6 +139,10 @@ def profile(target: str | Path, *, img_size: int | None = None, batch_size: int 
     """Efficiency profile of a model name or a run directory (then also written to ``RUNDIR/profile.json``)."""
     from medlite.workflows.profile import profile as _profile
 
+    # 0 is refused like a negative (it once meant "the model's default size"; None is that default).
+    require_positive("--img-size", img_size, minimum=8)
+    require_positive("--batch-size", batch_size)
+    require_positive("--threads", threads)
     return _profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
 
 
@@ -154,6 +162,9 @@ def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 
     """
     from medlite.workflows.demo import demo as _demo
 
+    for flag, value in (("--per-class", per_class), ("--epochs", epochs)):
+        require_positive(flag, value)
+    require_positive("--img-size", img_size, minimum=32)
     return _demo(out, per_class=per_class, img_size=img_size, epochs=epochs, models=models, progress=progress)
 
 
@@ -167,6 +178,8 @@ def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | No
     """
     from medlite.deploy import predict as _predict
 
+    require_positive("--batch-size", batch_size)
+    require_positive("--threads", threads)
     if cam is None or not Path(model).is_dir():
         return _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, cam=cam)
     rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads)
@@ -205,6 +218,7 @@ def explain(run_dirs: list[str | Path], images: list[str | Path], **kwargs: Any)
 
     if not images:
         raise MedliteError("explain needs image files or folders after the run directories (or --evaluate)")
+    require_positive("--batch-size", kwargs.get("batch_size"))
     return explain_images(run_dirs, images, **kwargs)
 
 
@@ -215,6 +229,8 @@ def evaluate_explanations(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
     if kwargs.get("methods") is None:
         kwargs.pop("methods", None)
+    for flag in ("n", "batch_size"):
+        require_positive(f"--{flag.replace('_', '-')}", kwargs.get(flag))
     return _evaluate(run_dir, **kwargs)
 
 

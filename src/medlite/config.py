@@ -156,6 +156,31 @@ class RunConfig(BaseModel):
         return self.model_copy(update={"data": data, "train": train})
 
 
+# Config field -> the `medlite train` flag that sets it, where the names differ (the rest: ``--field-name``).
+FLAG_NAMES = {"source": "--data", "size": "--img-size", "early_stopping_patience": "--patience"}
+
+
+def flag_name(field: str) -> str:
+    """The command-line spelling of a flat setting: ``size`` -> ``--img-size``, ``batch_size`` -> ``--batch-size``."""
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _bad_override(overrides: dict[str, Any], sections: dict[str, type[BaseModel]]) -> str | None:
+    """One line naming the first flat override that is invalid on its own (by its flag), or None."""
+    for key, value in overrides.items():
+        model = next((m for m in sections.values() if key in m.model_fields), None)
+        if model is None or value is None:
+            continue
+        try:
+            model.model_validate({key: value})
+        except (ValidationError, MedliteError) as err:
+            msg = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+            # PreprocessConfig words its own line ("preprocess: size=0 is invalid: <why>"): keep the why.
+            msg = msg.removeprefix("Value error, ")
+            return f"{flag_name(key)} {value!r}: {msg.partition(' is invalid: ')[2] or msg}"
+    return None
+
+
 def _one_line(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
@@ -170,6 +195,7 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
     """
     merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
     sections = {"data": DataConfig, "preprocess": PreprocessConfig, "train": TrainConfig}
+    given: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
             continue
@@ -181,11 +207,15 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
         section = next((s for s, model in sections.items() if key in model.model_fields), None)
         if section is None:
             raise MedliteError(f"unknown setting {key!r}")
-        merged.setdefault(section, {})[key] = value
+        merged.setdefault(section, {})[key] = given[key] = value
     try:
         return RunConfig(**merged)
-    except ValidationError as err:
-        raise MedliteError(_one_line(err, "config")) from None
+    except (ValidationError, MedliteError) as err:
+        # Name a bad option by its flag (`--img-size 0: ...`), not the config field it sets (`preprocess: size`).
+        message = _bad_override(given, sections)
+        if message is None:
+            message = _one_line(err, "config") if isinstance(err, ValidationError) else str(err)
+        raise MedliteError(message) from None
 
 
 def load_config(path: str | Path, *, stored: bool = False, **overrides: Any) -> RunConfig:

@@ -91,8 +91,9 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8080, token
     import uvicorn
 
     from medlite.serve.app import create_app
-    from medlite.serve.settings import ServeSettings, read_token
+    from medlite.serve.settings import ServeSettings, check_counts, read_token
 
+    check_counts(port=port, workers=workers, threads=settings.get("threads"))  # before any export is started
     token = read_token(token_file) if token_file is not None else None
     kept = Path(keep_uploads) if keep_uploads is not None else None
     config = ServeSettings(model=resolve_model(model, echo=echo), host=host, port=port, token=token,

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from medlite.errors import MedliteError
+from medlite.errors import MedliteError, require_positive
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MIN_TOKEN_CHARS = 16
@@ -59,14 +59,11 @@ class ServeSettings:
         if self.host not in LOOPBACK and self.token is None:
             raise MedliteError(f"--host {self.host}: serving beyond this machine needs --token-file (every "
                                "request then needs the token); without one, use --host 127.0.0.1")
-        for name, value, low in (("--workers", self.workers, 1), ("--port", self.port, 0),
-                                 ("--max-files", self.max_files, 1), ("--queue", self.queue, 1)):
-            if value < low:
-                raise MedliteError(f"{name} must be >= {low}, got {value}")
+        check_counts(port=self.port, workers=self.workers, threads=self.threads)
+        require_positive("--max-files", self.max_files)
+        require_positive("--queue", self.queue)
         if self.max_upload_mb <= 0 or self.inflight_mb <= 0 or self.timeout_s <= 0 or self.max_pixels < 1:
             raise MedliteError("--max-upload-mb, the in-flight budget, the timeout and the pixel limit must be > 0")
-        if self.threads is not None and self.threads < 1:
-            raise MedliteError(f"--threads must be >= 1, got {self.threads}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -75,6 +72,13 @@ class ServeSettings:
     @property
     def inference_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def check_counts(*, port: int, workers: int, threads: int | None = None) -> None:
+    """Refuse a port outside 1-65535 (0 would listen on a port nobody is told) and fewer than 1 worker/thread."""
+    require_positive("--port", port, maximum=65535)
+    require_positive("--workers", workers)
+    require_positive("--threads", threads)
 
 
 def read_token(path: str | Path) -> str:
