@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from _runner import write_split
 
 import medlite
@@ -36,6 +37,12 @@ def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (user + system, all threads), in seconds."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB): the peak training memory when
+    one model is trained per call (later models of one call report the maximum over all so far)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -55,8 +62,17 @@ def main() -> None:
     parser.add_argument("--shared-split", type=Path, default=None,
                         help="manifest CSV of one split for every run: drawn and written if it does not exist")
     parser.add_argument("--patience", type=int, default=0, help="early-stopping patience (0 = off)")
+    parser.add_argument("--paradigm", default="supervised", help="supervised, simclr-pw, kd, ... (run name suffix)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more run settings, YAML values (e.g. pretrain_epochs=20 teacher=[runs/big])")
     parser.add_argument("--out", type=Path, default=Path("bench_runs"))
     args = parser.parse_args()
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
 
     if args.split_from and args.shared_split:
         parser.error("--split-from and --shared-split both fix the split; give one")
@@ -67,7 +83,8 @@ def main() -> None:
                                  size=args.img_size)
     rows = []
     for name in args.models:
-        run = args.out / f"{name}-{args.img_size}px-s{args.seed}"
+        suffix = "" if args.paradigm == "supervised" else f"-{args.paradigm}"
+        run = args.out / f"{name}{suffix}-{args.img_size}px-s{args.seed}"
         started = time.perf_counter()
         cpu_started = _cpu_seconds()
         result = medlite.train(
@@ -75,7 +92,7 @@ def main() -> None:
             batch_size=args.batch_size, lr=args.lr, val_frac=args.val_frac, test_frac=args.test_frac,
             fraction=args.fraction, seed=args.seed, group_from_filename=args.group_from_filename,
             split_from=split_from,
-            early_stopping_patience=args.patience, progress=False,
+            early_stopping_patience=args.patience, paradigm=args.paradigm, progress=False, **extra,
         )
         wall = time.perf_counter() - started
         cpu = _cpu_seconds() - cpu_started
@@ -86,17 +103,17 @@ def main() -> None:
         auc = ("n/a (a class is absent from the test labels)" if m["auc_macro"] is None else
                f"{m['auc_macro']:.3f} [{m['ci95']['auc_macro'][0]:.3f}, {m['ci95']['auc_macro'][1]:.3f}]")
         rows.append(
-            f"| {name} | {params:,} | {args.img_size} | {result.epochs_run} | {m['accuracy']:.3f} "
+            f"| {name}{suffix} | {params:,} | {args.img_size} | {result.epochs_run} | {m['accuracy']:.3f} "
             f"[{m['ci95']['accuracy'][0]:.3f}, {m['ci95']['accuracy'][1]:.3f}] | {auc} | "
             f"{m['balanced_accuracy']:.3f} | "
-            f"{per_class} | {m['n']} | {wall / 60:.1f} | {cpu / 60:.1f} |"
+            f"{per_class} | {m['n']} | {wall / 60:.1f} | {cpu / 60:.1f} | {_peak_rss_mb():.0f} |"
         )
         print(rows[-1], flush=True)
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
     print("| model | params | px | epochs | accuracy [95% CI] | macro AUC [95% CI] | balanced acc | "
-          "class-wise accuracy (recall) | n | wall (min) | CPU (min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "class-wise accuracy (recall) | n | wall (min) | CPU (min) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
