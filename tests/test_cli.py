@@ -286,16 +286,15 @@ def test_low_label_mistakes_are_one_line_errors(phantoms, trained, tmp_path):
     ("data", "synth", "{tmp}/s", "--per-class", "0"),
     ("data", "synth", "{tmp}/s", "--size", "0"),
     ("demo", "--out", "{tmp}/d", "--epochs", "0"),
-    ("train", "--data", "{data}", "--out", "{tmp}/t", "--img-size", "0"),
-    ("train", "--data", "{data}", "--out", "{tmp}/t", "--epochs", "0"),
+    ("train", "--data", "{manifest}", "--out", "{tmp}/t", "--img-size", "0"),
+    ("train", "--data", "{manifest}", "--out", "{tmp}/t", "--epochs", "0"),
     ("serve", "{tmp}/none.onnx", "--port", "0"),
     ("serve", "{tmp}/none.onnx", "--workers", "0"),
 ], ids=lambda c: " ".join(c[:1] + c[-2:]))
 def test_zero_is_refused_by_every_count_option_naming_the_flag(command, trained, phantoms, tmp_path):
     """One rule for 0 (issue 17): refused like a negative, by flag name, before anything is written."""
-    args = [a.format(run=trained, data=phantoms / "Normal", tmp=tmp_path) for a in command]
-    if command[0] == "train":
-        args[args.index("--data") + 1] = str(phantoms / "manifest.csv")
+    args = [a.format(run=trained, data=phantoms / "Normal", manifest=phantoms / "manifest.csv", tmp=tmp_path)
+            for a in command]
     flag = command[-2]
     before = sorted(p.name for p in trained.iterdir())
     assert_one_line_error(invoke(*args), flag)

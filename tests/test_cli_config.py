@@ -10,11 +10,11 @@ from __future__ import annotations
 import inspect
 
 from medlite import cli
-from medlite.config import DataConfig, TrainConfig
+from medlite.config import FLAG_NAMES, DataConfig, TrainConfig
 from medlite.data.preprocess import PreprocessConfig
 
-# Config field -> the train flag that sets it, where the names differ.
-RENAMED = {"source": "data", "size": "img_size", "early_stopping_patience": "patience"}
+# Config field -> the train flag's parameter name, where the names differ (one table: medlite.config's).
+RENAMED = {field: flag.removeprefix("--").replace("-", "_") for field, flag in FLAG_NAMES.items()}
 
 # Settings only a run.yaml (--config) sets: fine-grained preprocessing and schedule constants that a user
 # changes rarely, test-only limits, and the synthetic demo's own sizes.

@@ -178,8 +178,6 @@ def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | No
     """
     from medlite.deploy import predict as _predict
 
-    require_positive("--batch-size", batch_size)
-    require_positive("--threads", threads)
     if cam is None or not Path(model).is_dir():
         return _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, cam=cam)
     rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads)
@@ -229,8 +227,8 @@ def evaluate_explanations(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
     if kwargs.get("methods") is None:
         kwargs.pop("methods", None)
-    for flag in ("n", "batch_size"):
-        require_positive(f"--{flag.replace('_', '-')}", kwargs.get(flag))
+    require_positive("--n", kwargs.get("n"))
+    require_positive("--batch-size", kwargs.get("batch_size"))
     return _evaluate(run_dir, **kwargs)
 
 

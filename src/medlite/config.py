@@ -165,12 +165,10 @@ def flag_name(field: str) -> str:
     return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
-def _bad_override(overrides: dict[str, Any], sections: dict[str, type[BaseModel]]) -> str | None:
-    """One line naming the first flat override that is invalid on its own (by its flag), or None."""
-    for key, value in overrides.items():
-        model = next((m for m in sections.values() if key in m.model_fields), None)
-        if model is None or value is None:
-            continue
+def _bad_override(given: dict[str, tuple[type[BaseModel], Any]]) -> str | None:
+    """One line naming the first flat override (``key -> (its section model, value)``) that is invalid on its
+    own, by its flag; None when each is valid alone."""
+    for key, (model, value) in given.items():
         try:
             model.model_validate({key: value})
         except (ValidationError, MedliteError) as err:
@@ -195,7 +193,7 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
     """
     merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
     sections = {"data": DataConfig, "preprocess": PreprocessConfig, "train": TrainConfig}
-    given: dict[str, Any] = {}
+    given: dict[str, tuple[type[BaseModel], Any]] = {}
     for key, value in overrides.items():
         if value is None:
             continue
@@ -207,12 +205,13 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> RunCon
         section = next((s for s, model in sections.items() if key in model.model_fields), None)
         if section is None:
             raise MedliteError(f"unknown setting {key!r}")
-        merged.setdefault(section, {})[key] = given[key] = value
+        merged.setdefault(section, {})[key] = value
+        given[key] = (sections[section], value)
     try:
         return RunConfig(**merged)
     except (ValidationError, MedliteError) as err:
         # Name a bad option by its flag (`--img-size 0: ...`), not the config field it sets (`preprocess: size`).
-        message = _bad_override(given, sections)
+        message = _bad_override(given)
         if message is None:
             message = _one_line(err, "config") if isinstance(err, ValidationError) else str(err)
         raise MedliteError(message) from None

@@ -26,7 +26,7 @@ from medlite.data.preprocess import PreprocessConfig, preprocess_image
 from medlite.deploy.cam import cam_unavailable, class_activation_maps, unique_stems, write_cam
 from medlite.deploy.classifiers import Classifier, load_classifier
 from medlite.deploy.contract import CAM_FEATURES_NAME, probabilities
-from medlite.errors import DataError, MedliteError
+from medlite.errors import DataError, MedliteError, require_positive
 from medlite.utils import atomic
 
 _OUTPUT_SUFFIXES = (".csv", ".json")
@@ -171,10 +171,10 @@ def predict(
     Raises:
         DataError: an input does not exist or no image file was found.
         ModelError: ``model`` is not a run directory or a medlite ``.onnx`` file.
-        MedliteError: bad ``out`` suffix or ``batch_size``.
+        MedliteError: bad ``out`` suffix, ``batch_size`` or ``threads`` (below 1).
     """
-    if batch_size < 1:
-        raise MedliteError(f"--batch-size must be >= 1, got {batch_size}")
+    require_positive("--batch-size", batch_size)
+    require_positive("--threads", threads)  # before loading: torch.set_num_threads(0) raises a RuntimeError
     if out is not None and Path(out).suffix.lower() not in _OUTPUT_SUFFIXES:
         raise MedliteError(f"--out {out}: must end in .csv or .json")
     files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), recursive)
