@@ -172,10 +172,15 @@ def _bad_override(given: dict[str, tuple[type[BaseModel], Any]]) -> str | None:
         try:
             model.model_validate({key: value})
         except (ValidationError, MedliteError) as err:
-            msg = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+            first = err.errors()[0] if isinstance(err, ValidationError) else {"loc": (), "msg": str(err)}
+            msg = first["msg"].removeprefix("Value error, ")
             # PreprocessConfig words its own line ("preprocess: size=0 is invalid: <why>"): keep the why.
-            msg = msg.removeprefix("Value error, ")
-            return f"{flag_name(key)} {value!r}: {msg.partition(' is invalid: ')[2] or msg}"
+            head, invalid, why = msg.partition(" is invalid: ")
+            if tuple(first["loc"]) == (key,):
+                return f"{flag_name(key)} {value!r}: {msg}"
+            if invalid and head.endswith(f"{key}={value!r}"):
+                return f"{flag_name(key)} {value!r}: {why}"
+            # Otherwise a rule across settings (dual-skd needs --teacher ...): the whole config's error says it.
     return None
 
 

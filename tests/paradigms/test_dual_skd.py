@@ -138,7 +138,7 @@ def test_config_errors_are_one_line():
         build_config(None, paradigm="dual-skd")
     with pytest.raises(MedliteError, match="drop --init/--init-select"):
         build_config(None, paradigm="dual-skd", teacher=["t"], init_select="t")
-    with pytest.raises(MedliteError, match="skd_mode"):
+    with pytest.raises(MedliteError, match="--skd-mode .both.: Input should be"):
         build_config(None, paradigm="dual-skd", teacher=["t"], skd_mode="both")
     with pytest.raises(MedliteError, match="skd_alpha must be in"):
         DualSKDTask(create_model("hybridnet_xr_50", num_classes=2), auxiliary=create_model("hybridnet_xr_50",

@@ -158,7 +158,7 @@ def test_step_schedule_halves_every_ten_epochs():
 def test_protonet_settings_are_validated():
     with pytest.raises(MedliteError, match="protonet trains one episode per step in one process"):
         build_config(None, paradigm="protonet", devices=2)
-    with pytest.raises(MedliteError, match="k_shot"):
+    with pytest.raises(MedliteError, match="--k-shot 0: Input should be greater than or equal to 1"):
         build_config(None, paradigm="protonet", k_shot=0)
 
 
