@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,3 +44,17 @@ def test_demo_recipe_reaches_the_accuracy_bar(tmp_path):
         torch.set_num_threads(threads)
     (row,) = result["rows"]
     assert row["n"] == 144 and row["accuracy"] >= 0.8, row["accuracy"]
+
+
+def test_run_and_cache_files_get_the_permissions_open_would_give(trained_run: tuple[Path, Any]) -> None:
+    # mkstemp and safetensors create 0600; a run shared with a group (or served by another user) must not be.
+    mask = os.umask(0)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    run, _ = trained_run
+    cache = Path(os.environ["MEDLITE_CACHE"])
+    files = [p for folder in (run, cache) for p in folder.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert "model.safetensors" in names and any(name.endswith(".u8") for name in names)
+    wrong = {str(p): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != expected}
+    assert not wrong, f"expected {oct(expected)}: {wrong}"

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from medlite.data.preprocess import PreprocessConfig, preprocess_image, preproce
 from medlite.data.records import Source
 from medlite.data.sources import with_dicom_window
 from medlite.errors import DataError
-from medlite.utils.atomic import write_json
+from medlite.utils.atomic import temp_beside, write_json
 
 # Bump whenever the pipeline or the file layout changes, so old caches are never reused.
 CACHE_FORMAT_VERSION = 1
@@ -195,13 +194,11 @@ def _build(source: Source, cfg: PreprocessConfig, key: str, files: dict[str, Pat
     if n == 0:
         raise DataError(f"{source.location}: no images to preprocess")
     has_masks = source.mask_reader is not None
-    root = files["images"].parent
     tmp: dict[str, Path] = {}
     try:
         for name in ["images", "masks"] if has_masks else ["images"]:
-            fd, path = tempfile.mkstemp(prefix=f".{files[name].name}.", suffix=".tmp", dir=root)
+            fd, tmp[name] = temp_beside(files[name])
             os.close(fd)
-            tmp[name] = Path(path)
         arrays = {name: np.memmap(path, dtype=np.uint8, mode="w+", shape=(n, size, size))
                   for name, path in tmp.items()}
         kept: list[int] = []

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import numpy as np
 from medlite.data._phantom_render import render
 from medlite.data.records import Record, Source
 from medlite.errors import DataError
+from medlite.utils.atomic import temp_beside
 
 __all__ = [
     "CLASS_SETS",
@@ -271,7 +271,7 @@ def write_phantom_dataset(
                 if not cv2.imwrite(str(path), arr):
                     raise DataError(f"out: could not write {path}")
             rows.append((rel, name, f"phantom{c * per_class + j}", f"masks/{rel}"))
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".csv", dir=root)
+    fd, tmp = temp_beside(root / "manifest.csv")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -28,7 +28,7 @@ from torch import nn
 
 from medlite.errors import ModelError
 from medlite.models.layers import resample_pos_embed
-from medlite.utils.atomic import atomic_write
+from medlite.utils.atomic import atomic_write, with_default_mode
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 # Dict keys under which training frameworks nest the weights (Lightning, timm/DeiT, plain training scripts).
@@ -261,6 +261,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        with_default_mode(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from urllib.parse import urlparse
 from medlite.data.cache import default_cache_dir
 from medlite.errors import ModelError
 from medlite.models.registry import get_model_cfg
+from medlite.utils.atomic import temp_beside
 
 WEIGHTS_URL_ENV = "MEDLITE_WEIGHTS_URL"
 _CHUNK = 1 << 20
@@ -211,8 +211,7 @@ def imagenet_checkpoint(name: str, *, cache_dir: str | Path | None = None, base_
 def _download(weights: PretrainedWeights, url: str, dest: Path, timeout: float) -> None:
     """Stream ``url`` to a temporary file beside ``dest`` while hashing; rename it into place only if it matches."""
     hint = f"download {url} by hand and save it as {dest} (or pass --init FILE)"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = temp_beside(dest, suffix=".part")
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

@@ -27,13 +27,25 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def with_default_mode(path: str | Path) -> None:
+    """Give ``path`` the permissions ``open()`` would (0666 less the umask, usually 0644): ``mkstemp`` and
+    safetensors' writer create files 0600, which hides weights and caches from the rest of a shared group."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
+def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """A new temporary file (open descriptor, path) in ``path``'s folder, named after it, with default permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    with_default_mode(tmp)
+    return fd, Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success rename it over ``path``, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
