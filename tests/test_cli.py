@@ -107,6 +107,7 @@ def test_train_evaluate_profile_compare(trained, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
+    assert f"wrote {tmp_path / 'eval' / 'metrics.json'}" in " ".join(result.output.split())
     result = invoke("profile", trained, "--batch-size", "2", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["params"] > 0 and (trained / "profile.json").is_file()
@@ -158,6 +159,7 @@ def test_cross_dataset_evaluation(trained, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained / "eval-other" / "metrics.json").read_text())
     assert metrics["n"] == 12
+    assert f"wrote {trained / 'eval-other' / 'metrics.json'}" in " ".join(result.output.split())
 
 
 def test_unknown_model_suggests_close_names(phantoms, tmp_path):

@@ -97,6 +97,11 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test",
     return _evaluate(run_dir, data=data, split=split, out=out)
 
 
+def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path | None = None) -> Path:
+    """The folder :func:`evaluate` writes ``metrics.json`` (and its plots) into for these arguments."""
+    return layout.evaluation_dir(run_dir, data, out)
+
+
 evaluate_run = evaluate  # the name of earlier releases
 
 

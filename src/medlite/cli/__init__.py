@@ -235,6 +235,7 @@ def evaluate(
         a = metrics["adaptation"]
         console.print(f"AdaBN on {data}: accuracy {a['source_bn']['accuracy']:.3f} -> {a['adabn']['accuracy']:.3f} "
                       f"(source batch-norm statistics -> target statistics)")
+    console.print(f"wrote {api.evaluation_dir(run_dir, data, out) / 'metrics.json'}")
 
 
 @app.command()

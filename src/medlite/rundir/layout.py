@@ -62,6 +62,14 @@ def eval_dir(run_dir: str | Path, data: str | Path) -> Path:
     return Path(run_dir) / f"eval-{Path(data).stem}"
 
 
+def evaluation_dir(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Where ``medlite evaluate`` writes ``metrics.json``: ``out`` if given, else the run directory (its own
+    data) or :func:`eval_dir` (another source)."""
+    if out:
+        return Path(out)
+    return Path(run_dir) if data is None else eval_dir(run_dir, data)
+
+
 def explain_dir(run_dir: str | Path, data: str | Path) -> Path:
     """Where ``medlite explain RUNDIR --evaluate --data OTHER`` writes by default."""
     return Path(run_dir) / f"explain-{Path(data).stem}"

@@ -48,10 +48,9 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if data is None:
         prepared = prepare_data(cfg, manifest=run_dir / layout.SPLITS, progress=False)
-        target = Path(out) if out else run_dir
     else:
         prepared = prepare_other_source(cfg, data, info["classes"], split)
-        target = Path(out) if out else layout.eval_dir(run_dir, data)
+    target = layout.evaluation_dir(run_dir, data, out)
     with torch.inference_mode():
         metrics = evaluate_split(model, prepared, split, info["in_chans"], target / layout.PLOTS)
     atomic.write_json(target / layout.METRICS, metrics)
