@@ -116,6 +116,38 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1", "2"]
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tmp_path):
+    out = tmp_path / "done"
+    train(out=out, model="hybridnet_xr_50", epochs=1, **TINY)
+    before = _snapshot(out)
+    with pytest.raises(MedliteError, match=r"the run is complete \(1 of 1 epochs.*--epochs above 1"):
+        train(out=out, resume=True, progress=False)
+    assert _snapshot(out) == before  # not even versions.json or the Lightning log
+    further = train(out=out, resume=True, epochs=3, progress=False)
+    assert further.epochs_run == 3 and (out / "model.safetensors").is_file() and not (out / "best.ckpt").exists()
+    with pytest.raises(MedliteError, match=r"complete \(3 of 3 epochs"):
+        train(out=out, resume=True, epochs=2, progress=False)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    # _Interrupt stands for kill -9: no handler runs, so the files written before epoch 0 stay behind.
+    out = tmp_path / "killed"
+    settings = dict(model="hybridnet_xr_50", epochs=1, **TINY)
+    with pytest.raises(_Interrupt):
+        train(out=out, callbacks=[_StopAfter(0)], **settings)
+    assert (out / "config.yaml").is_file() and not (out / "last.ckpt").exists()
+    with pytest.raises(MedliteError, match="stopped before its first checkpoint; run the same command without "
+                                           "--resume"):
+        train(out=out, resume=True, progress=False)
+    with pytest.warns(UserWarning, match="stopped before its first checkpoint; starting it again"):
+        result = train(out=out, **settings)
+    assert result.epochs_run == 1 and (out / "model.safetensors").is_file()
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_on_gloo(tmp_path):
     result = train(out=tmp_path / "ddp", model="hybridnet_xr_50", epochs=1, devices=2, accelerator="cpu", **TINY)

@@ -34,7 +34,7 @@ from medlite.errors import MedliteError
 from medlite.metrics.plots import plot_history
 from medlite.metrics.split_eval import evaluate_split
 from medlite.models import create_model
-from medlite.models.checkpoint import save_weights
+from medlite.models.checkpoint import load_weights, save_weights
 from medlite.models.selection import select_weights
 from medlite.paradigms import get_paradigm
 from medlite.rundir import layout, store
@@ -54,14 +54,45 @@ class TrainResult:
     best_val_auc: float | None
 
 
+def _has_checkpoint(out: Path) -> bool:
+    # A simclr-pw run interrupted in its SimCLR phase has its checkpoint in pretrain/.
+    return any((d / layout.LAST_CKPT).is_file() for d in (out, out / layout.PRETRAIN_DIR))
+
+
+def _is_finished(out: Path) -> bool:
+    return (out / layout.WEIGHTS).is_file() and (out / layout.METRICS).is_file()
+
+
+def _remove_unstarted(out: Path) -> None:
+    """Delete what a run writes before its first checkpoint (config, split manifest, versions, logs)."""
+    for name in (layout.CONFIG, layout.SPLITS, layout.VERSIONS):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / layout.LOGS, ignore_errors=True)
+
+
 def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, overrides: dict[str, Any]) -> RunConfig:
+    unstarted = (out / layout.CONFIG).is_file() and not _has_checkpoint(out) and not _is_finished(out)
     if resume:
         store.require_run_dir(out)
-        # A simclr-pw run interrupted in its SimCLR phase has its checkpoint in pretrain/.
-        if not (out / layout.LAST_CKPT).is_file() and not (out / layout.PRETRAIN_DIR / layout.LAST_CKPT).is_file():
+        if unstarted:
+            raise MedliteError(f"{out}: nothing to resume, the run stopped before its first checkpoint; run the "
+                               f"same command without --resume to start it again")
+        if not _has_checkpoint(out):
             raise MedliteError(f"{out}: nothing to resume (no {layout.LAST_CKPT})")
-        return load_config(out / layout.CONFIG, stored=True, **overrides)
-    if out.exists() and (out / layout.CONFIG).exists():
+        cfg = load_config(out / layout.CONFIG, stored=True, **overrides)
+        if _is_finished(out):
+            done = len(store.read_history(out))
+            stored_epochs = load_config(out / layout.CONFIG, stored=True).train.epochs
+            if cfg.train.epochs <= stored_epochs:
+                raise MedliteError(f"{out}: the run is complete ({done} of {stored_epochs} epochs, "
+                                   f"{layout.WEIGHTS} and {layout.METRICS} written); nothing changed. To train "
+                                   f"it further pass --resume with --epochs above {stored_epochs}")
+        return cfg
+    if unstarted:
+        # Killed (kill -9, power cut) before any epoch finished: nothing worth keeping, so start over.
+        warnings.warn(f"{out}: an earlier run stopped before its first checkpoint; starting it again", stacklevel=2)
+        _remove_unstarted(out)
+    elif out.exists() and (out / layout.CONFIG).exists():
         raise MedliteError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
     if isinstance(config, RunConfig):
         cfg = build_config(config.model_dump(mode="json"), **overrides)
@@ -187,10 +218,8 @@ def _discard_if_unstarted(out: Path, created: bool) -> Iterator[None]:
     try:
         yield
     except (MedliteError, KeyboardInterrupt):
-        if not any((d / layout.LAST_CKPT).is_file() for d in (out, out / layout.PRETRAIN_DIR)):
-            for name in (layout.CONFIG, layout.SPLITS, layout.VERSIONS):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / layout.LOGS, ignore_errors=True)
+        if not _has_checkpoint(out):
+            _remove_unstarted(out)
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
@@ -226,6 +255,8 @@ def train(
     data = prepare_data(cfg, manifest=out / layout.SPLITS if resume else None, progress=progress)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    if resume and cfg.train.epochs != load_config(out / layout.CONFIG, stored=True).train.epochs:
+        atomic.write_text(out / layout.CONFIG, cfg.to_yaml())  # trained further: the card and the next resume
     if not resume:
         atomic.write_text(out / layout.CONFIG, cfg.to_yaml())
         SplitManifest.from_source(data.source, data.splits, fraction_indices=np.flatnonzero(data.in_fraction),
@@ -256,8 +287,14 @@ def train(
                 raise KeyboardInterrupt(f"training interrupted; {hint}") from None
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else out / layout.LAST_CKPT
-    # The whole task: paradigms keep more than the model in it (a projection head, an auxiliary student ...).
-    task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+    if not best_path.is_file():
+        # A finished run trained further whose new epochs did not beat it: finish_run deleted best.ckpt after
+        # writing its model to model.safetensors, so that file is still the best model.
+        task.load_state_dict(torch.load(out / layout.LAST_CKPT, map_location="cpu", weights_only=True)["state_dict"])
+        load_weights(model, out / layout.WEIGHTS)
+    else:
+        # The whole task: paradigms keep more than the model in it (a projection head, an auxiliary student ...).
+        task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     task.to(memory_format=torch.contiguous_format)
     task.finalize(data, out)  # e.g. SimCLR's encoder + linear probe, DG's AdaBN
     metrics = finish_run(out, cfg, model, data, history_dir=out / layout.LOGS)
