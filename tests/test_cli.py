@@ -190,6 +190,27 @@ def test_csv_with_missing_file_is_fatal_when_strict(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,normal\nb.png,pneumonia\ngone.png,normal\n")
     assert invoke("data", "inspect", tmp_path / "m.csv").exit_code == 0
     assert_one_line_error(invoke("data", "inspect", tmp_path / "m.csv", "--strict"), "gone.png")
+    (tmp_path / "gone.csv").write_text("path,label\ngone.png,normal\nlost.png,pneumonia\n")
+    assert_one_line_error(invoke("data", "inspect", tmp_path / "gone.csv"), "none of its 2 listed image(s) can be "
+                          "read", "gone.png: file not found")
+
+
+def test_train_strict_and_warnings_are_one_clean_line(phantoms, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader((phantoms / "manifest.csv").open()))
+    lines = ["path,label"] + [f"{phantoms / r['path']},{r['label']}" for r in rows] + ["[/nowhere]/x.png,viral"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    args = ("train", "--data", tmp_path / "m.csv", "--model", "hybridnet_xr_50", "--epochs", "1",
+            "--img-size", "32")
+    # The bracketed path would be rich markup if printed raw; the error shows it as it is.
+    assert_one_line_error(invoke(*args, "--out", tmp_path / "s", "--strict"), "file not found: [/nowhere]/x.png")
+    assert not (tmp_path / "s").exists()
+    result = invoke(*args, "--out", tmp_path / "ok")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "skipped 1 unreadable" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and "--strict" in warned[0], result.stderr
+    assert "UserWarning" not in result.stderr and ".py:" not in result.stderr
 
 
 def test_sixteen_bit_png_is_read(tmp_path):

@@ -19,7 +19,7 @@ RENAMED = {field: flag.removeprefix("--").replace("-", "_") for field, flag in F
 # Settings only a run.yaml (--config) sets: fine-grained preprocessing and schedule constants that a user
 # changes rarely, test-only limits, and the synthetic demo's own sizes.
 CONFIG_ONLY = {
-    "strict", "synthetic_per_class", "synthetic_size",
+    "synthetic_per_class", "synthetic_size",
     "resize", "clahe_clip", "clahe_grid", "gaussian_sigma", "median_ksize", "quantize",
     "warmup_epochs", "lr_step_gamma", "label_smoothing", "accelerator", "num_workers", "limit_train_batches",
     "finetune_lr_factor",
@@ -35,7 +35,7 @@ def test_every_config_field_has_a_train_flag_or_is_config_only() -> None:
 
 
 def test_every_train_flag_is_a_config_field_or_a_command_option() -> None:
-    command_only = {"out", "model", "paradigm", "config", "resume", "strict"}
+    command_only = {"out", "model", "paradigm", "config", "resume"}
     fields = {RENAMED.get(f, f) for model in (DataConfig, PreprocessConfig, TrainConfig) for f in model.model_fields}
     fields |= {"model", "paradigm"}
     stray = sorted(p for p in inspect.signature(cli.train).parameters if p not in fields | command_only)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medlite import api
@@ -36,18 +38,27 @@ _WINDOW_HELP = ("DICOM windowing: header (VOI LUT sequence, else the first windo
                 "(0.5-99.5th percentile window of the body) or none (the BitsStored range)")
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    # A warning is for the user, not a developer: one line, without the source file and code line.
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a user mistake into one red line on stderr and exit code 2 (no traceback); Ctrl-C into code 130."""
+    """Turn a user mistake into one red line on stderr and exit code 2 (no traceback); Ctrl-C into code 130;
+    each warning into one ``warning:`` line."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                return command(*args, **kwargs)
         except MedliteError as err:
-            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            # escape: a message may hold brackets ("[2]", "[/data/x]") that rich would read as markup.
+            err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as err:
-            err_console.print(f"interrupted. {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"interrupted. {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -169,6 +180,8 @@ def train(
     num_nodes: Annotated[int | None, typer.Option()] = None,
     deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic")] = None,
     group_from_filename: GroupOpt = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--no-strict", help="stop at the first unreadable or "
+                                                "missing image instead of skipping it")] = None,
     split_from: Annotated[str | None, typer.Option(help="reuse the train/val/test split of a run directory (or its "
                                                           "splits.csv); the labelled fraction follows --seed")] = None,
     config: Annotated[Path | None, typer.Option(help="run.yaml with data/preprocess/train sections")] = None,
@@ -186,7 +199,7 @@ def train(
         test_frac=test_frac, balance=balance, augment=augment, init=init, equalize=equalize, channels=channels,
         dicom_window=dicom_window,
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
-        group_from_filename=_group(group_from_filename), split_from=split_from, resume=resume,
+        group_from_filename=_group(group_from_filename), strict=strict, split_from=split_from, resume=resume,
         pretrain_epochs=pretrain_epochs,
         temperature=temperature, unlabelled=unlabelled or None, teacher=teacher or None, teacher_model=teacher_model,
         teacher_init=teacher_init,

@@ -134,7 +134,7 @@ def warn_skipped(skipped: list[tuple[str, str]], where: Path) -> None:
         name, reason = skipped[0]
         warnings.warn(
             f"{where}: skipped {len(skipped)} unreadable or missing file(s), e.g. {name}: {reason} "
-            "(all listed in Source.skipped; strict=True makes this an error)",
+            "(`medlite data inspect` lists them all; --strict, or strict=True in Python, makes this an error)",
             UserWarning,
             stacklevel=4,
         )
@@ -316,6 +316,10 @@ def _csv_source(path: Path, *, strict: bool, group_fn: GroupFn | None) -> Source
                 masks[str(file.resolve())] = str(mask)
             else:
                 missing_masks += 1
+    if not records:
+        name, reason = skipped[0]
+        raise DataError(f"{path}: none of its {len(skipped)} listed image(s) can be read (e.g. {name}: {reason}); "
+                        f"relative paths are taken from the CSV's folder {base}")
     warn_skipped(skipped, path)
     if missing_masks:
         warnings.warn(
