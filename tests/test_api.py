@@ -21,7 +21,11 @@ def test_top_level_api_is_lazy_and_complete():
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
-    result = api.demo(tmp_path / "demo", per_class=10, img_size=32, epochs=2, progress=False)
+    steps: list[str] = []
+    result = api.demo(tmp_path / "demo", per_class=10, img_size=32, epochs=2, progress=False, on_step=steps.append)
+    assert [s.split(" ", 2)[:2] for s in steps] == [["1/6", "phantoms:"], ["2/6", "train"], ["3/6", "profile"],
+                                                     ["4/6", "train"], ["5/6", "profile"], ["6/6", "compare"]]
+    assert "hybridnet_xr_100" in steps[1] and "mobilenet_v2" in steps[3]
     runs = {row["model"]: row for row in result["rows"]}
     assert set(runs) == {"hybridnet_xr_100", "mobilenet_v2"}
     for row in runs.values():

@@ -23,7 +23,10 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
     text = result.stderr.strip() if result.stderr else result.output.strip()
     assert "Traceback" not in result.output
-    assert text.startswith("error:") and "\n" not in text, text
+    # Warnings before it are fine (one line each); the error itself is the last line, and only one.
+    lines = [line for line in text.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and text.endswith(lines[0]), text
+    text = lines[0]
     for fragment in fragments:
         assert fragment in text, text
 
@@ -193,6 +196,17 @@ def test_csv_with_missing_file_is_fatal_when_strict(tmp_path):
     (tmp_path / "gone.csv").write_text("path,label\ngone.png,normal\nlost.png,pneumonia\n")
     assert_one_line_error(invoke("data", "inspect", tmp_path / "gone.csv"), "none of its 2 listed image(s) can be "
                           "read", "gone.png: file not found")
+
+
+def test_train_without_data_is_refused_and_phantom_runs_say_so(tmp_path):
+    assert_one_line_error(invoke("train", "--out", tmp_path / "x"), "--data is required", "'synthetic'")
+    assert not (tmp_path / "x").exists()
+    result = invoke("train", "--data", "synthetic:binary", "--model",
+                    "hybridnet_xr_50", "--epochs", "1", "--img-size", "32", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0].startswith("warning: training on generated phantoms (synthetic:binary)")
+    summary = " ".join(result.stdout.split())
+    assert "test accuracy" in summary and "(generated phantoms, not X-rays)" in summary
 
 
 def test_train_strict_and_warnings_are_one_clean_line(phantoms, tmp_path):

@@ -12,6 +12,7 @@ function; the heavy libraries (torch, Lightning) are imported by those modules, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,18 +160,21 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[s
 
 
 def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 64, epochs: int = 25,
-         models: tuple[str, ...] = ("hybridnet_xr_100", "mobilenet_v2"), progress: bool = True) -> dict[str, Any]:
+         models: tuple[str, ...] = ("hybridnet_xr_100", "mobilenet_v2"), progress: bool = True,
+         on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole pipeline on built-in phantoms: synthesize, train, evaluate, profile, compare.
 
     Writes ``OUT/data`` (ChestX6 phantoms), ``OUT/runs/<model>`` and ``OUT/report.html``; returns the
-    comparison (see :func:`compare`). Everything is offline and sized for a 2-core CPU.
+    comparison (see :func:`compare`). Everything is offline and sized for a 2-core CPU. ``on_step`` gets a
+    heading before each step.
     """
     from medlite.workflows.demo import demo as _demo
 
     for flag, value in (("--per-class", per_class), ("--epochs", epochs)):
         require_positive(flag, value)
     require_positive("--img-size", img_size, minimum=32)
-    return _demo(out, per_class=per_class, img_size=img_size, epochs=epochs, models=models, progress=progress)
+    return _demo(out, per_class=per_class, img_size=img_size, epochs=epochs, models=models, progress=progress,
+                 on_step=on_step)
 
 
 def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | None = None, batch_size: int = 16,

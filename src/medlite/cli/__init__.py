@@ -188,6 +188,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run in --out from last.ckpt")] = False,
 ) -> None:
     """Train a model and write a complete run directory (weights, metrics, plots, model card)."""
+    if data is None and config is None and not resume:
+        raise MedliteError("--data is required: a class folder, CSV manifest or MedMNIST .npz of your X-rays (or "
+                           "'synthetic' to try medlite on generated phantoms)")
     result = api.train(
         config, out=out, source=data, model=model, paradigm=paradigm, epochs=epochs, img_size=img_size,
         batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
@@ -210,7 +213,8 @@ def train(
     m = result.metrics
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
                   f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
-                  f"{m['ci95']['accuracy'][1]:.3f}), {auc_summary(m)}, n = {m['n']}")
+                  f"{m['ci95']['accuracy'][1]:.3f}), {auc_summary(m)}, n = {m['n']}"
+                  + (" [yellow](generated phantoms, not X-rays)[/]" if result.synthetic else ""))
     for line in api.paradigm_summary(result.run_dir):
         console.print(line)
 
@@ -289,7 +293,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per model")] = 25,
 ) -> None:
     """Synthesize ChestX6 phantoms, train HybridNet-XR-100 and MobileNetV2, evaluate, profile, compare."""
-    result = api.demo(out, epochs=epochs)
+    result = api.demo(out, epochs=epochs, on_step=lambda heading: console.rule(heading, align="left"))
     console.print(console_table(result["rows"]))
     console.print(f"report: {result['written'][0]}")
 

@@ -52,6 +52,11 @@ GroupFn = Callable[[Path], str]
 _EXPECTED = "a class folder, a .csv manifest, a MedMNIST .npz or 'synthetic'"
 
 
+def is_synthetic(spec: object) -> bool:
+    """Whether a source spec names the built-in phantoms (``synthetic`` or ``synthetic:<class set>``)."""
+    return isinstance(spec, str) and (spec == "synthetic" or spec.startswith("synthetic:"))
+
+
 def open_source(
     spec: str | Path,
     *,
@@ -79,7 +84,7 @@ def open_source(
     Raises:
         DataError: missing path, unknown file type, unusable layout or manifest, fewer than 2 classes.
     """
-    if isinstance(spec, str) and (spec == "synthetic" or spec.startswith("synthetic:")):
+    if is_synthetic(spec):
         if group_from_filename:
             raise DataError("group_from_filename: synthetic phantoms have no file names")
         variant = spec.partition(":")[2] or "chestx6"

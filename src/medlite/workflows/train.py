@@ -28,6 +28,7 @@ from medlite.config import RunConfig, build_config, load_config
 from medlite.data.augment import XrayAugmentConfig
 from medlite.data.module import XrayDataModule, class_weights
 from medlite.data.prepared import PreparedData, prepare_data
+from medlite.data.sources import is_synthetic
 from medlite.data.splits import SplitManifest
 from medlite.data.unlabelled import StackedImages, load_unlabelled
 from medlite.errors import MedliteError
@@ -52,6 +53,7 @@ class TrainResult:
     epochs_run: int
     wall_time_s: float
     best_val_auc: float | None
+    synthetic: bool = False  # trained on generated phantoms, not X-rays (say so beside every figure)
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -251,6 +253,10 @@ def train(
     out = Path(out)
     cfg = _resolve(config, out, resume, overrides)
     t = cfg.train
+    synthetic = is_synthetic(cfg.data.source)
+    if synthetic:
+        warnings.warn(f"training on generated phantoms ({cfg.data.source}), not on X-rays: its figures say "
+                      f"nothing about real images", stacklevel=2)
     seed_everything(t.seed, t.deterministic)
     data = prepare_data(cfg, manifest=out / layout.SPLITS if resume else None, progress=progress)
     created = not out.exists()
@@ -303,7 +309,8 @@ def train(
     history = store.read_history(out)
     val_aucs = [float(r["val_auc"]) for r in history if r.get("val_auc")]
     return TrainResult(run_dir=out, metrics=metrics, epochs_run=len(history),
-                       wall_time_s=time.perf_counter() - started, best_val_auc=max(val_aucs, default=None))
+                       wall_time_s=time.perf_counter() - started, best_val_auc=max(val_aucs, default=None),
+                       synthetic=synthetic)
 
 
 def finish_run(out: Path, cfg: RunConfig, model: nn.Module, data: PreparedData, history_dir: Path) -> dict[str, Any]:
