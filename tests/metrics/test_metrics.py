@@ -381,3 +381,14 @@ def test_input_errors_are_one_line(kwargs: dict, match: str) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(MedliteError, match="both classes"):
         youden_threshold(np.array([0.2, 0.8]), np.array([1, 1]))
+
+
+def test_a_model_that_predicts_one_class_is_named_collapsed() -> None:
+    targets = np.repeat([0, 1, 2], [19, 12, 9])
+    p = np.tile([[0.2, 0.7, 0.1]], (40, 1)) + np.linspace(0, 0.01, 40)[:, None] * [[1, -1, 0]]
+    with pytest.warns(UserWarning, match="predicts 'b' for all 40 images, so its accuracy is just that class's share"):
+        m = compute_metrics(p, targets, ["a", "b", "c"], n_bootstrap=50)
+    assert m["accuracy"] == pytest.approx(12 / 40) and m["ci95"]["accuracy"] == [pytest.approx(0.3)] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model that predicts two classes gets no such warning
+        compute_metrics(np.eye(3)[np.minimum(targets, 1)] * 0.9 + 0.1 / 3, targets, ["a", "b", "c"], n_bootstrap=0)

@@ -215,6 +215,11 @@ def compute_metrics(probs: ArrayLike, targets: ArrayLike, class_names: Sequence[
         warnings.warn(f"targets: AUC undefined for class {', '.join(why)}; reported as null, and so is "
                       f"auc_macro (auc_macro_present averages the {int(has_auc.sum())} classes that have one)",
                       UserWarning, stacklevel=2)
+    if n > 1 and np.count_nonzero(predicted) == 1 and np.count_nonzero(support) > 1:
+        only = names[int(np.argmax(predicted))]
+        warnings.warn(f"predictions: the model predicts {only!r} for all {n} images, so its accuracy is just that "
+                      f"class's share (a collapsed model: check the learning rate, class balance and epochs)",
+                      UserWarning, stacklevel=2)
     ones = np.ones((1, n), dtype=np.int64)
     scores = ovr_log_odds(p)
     auc = [float(auc_from_counts(scores[:, k], y == k, ones)[0]) if has_auc[k] else None for k in range(c)]
