@@ -109,6 +109,21 @@ def test_episodic_accuracy_on_separable_features_and_its_ci():
                                                                                         seed=3)
 
 
+def test_episodes_report_the_queries_used_not_the_ones_asked(tmp_path: Path):
+    from medlite.paradigms.protonet import episodic_note
+
+    labels = np.repeat([0, 1, 2], [20, 7, 3])
+    features = torch.randn(30, 4)
+    with pytest.warns(UserWarning, match=r"too few images for 5 queries per class after 2 support images; used 1-5"):
+        result = episodic_accuracy(features, labels, k_shot=2, q_query=5, episodes=10, seed=0)
+    assert (result["q_query"], result["q_query_requested"], result["queries_per_class"]) == (5, 5, [5, 5, 1])
+    (tmp_path / "episodic.json").write_text(json.dumps({**result, "split": "test"}))
+    assert "(3-way 2-shot, 1-5 queries per class of 5 asked)" in episodic_note(tmp_path / "episodic.json")[0]
+    full = episodic_accuracy(features, labels, k_shot=1, q_query=2, episodes=10, seed=0)
+    (tmp_path / "episodic.json").write_text(json.dumps({**full, "split": "test"}))
+    assert "(3-way 1-shot, 2 queries)" in episodic_note(tmp_path / "episodic.json")[0]
+
+
 def test_prototype_classifier_on_pooled_features():
     torch.manual_seed(0)
     model = create_model("hybridnet_xr_50", num_classes=2, in_chans=1).eval()

@@ -43,8 +43,10 @@ def episodic_accuracy(features: torch.Tensor, labels: np.ndarray, *, n_way: int 
         seed: episodes depend only on it.
 
     Returns:
-        ``{"episodes", "n_way", "k_shot", "q_query", "accuracy" (mean), "sd", "ci95": [lo, hi]}`` with the
-        normal-approximation interval ``mean ± 1.96 sd / sqrt(M)`` (Snell et al.'s reporting).
+        ``{"episodes", "n_way", "k_shot", "q_query", "q_query_requested", "queries_per_class", "accuracy"
+        (mean), "sd", "ci95": [lo, hi]}`` with the normal-approximation interval ``mean ± 1.96 sd / sqrt(M)``
+        (Snell et al.'s reporting). ``q_query`` is the most queries a class had (``queries_per_class``, in class
+        order, lists each; a small class gets fewer than ``q_query_requested``, with a warning).
     """
     labels = np.asarray(labels, dtype=np.int64)
     present = np.unique(labels)
@@ -52,6 +54,11 @@ def episodic_accuracy(features: torch.Tensor, labels: np.ndarray, *, n_way: int 
         raise MedliteError(f"episodic evaluation needs images of at least 2 classes, got {len(present)}")
     ways = len(present) if n_way is None else min(n_way, len(present))
     queries = query_counts(labels, present, k_shot, q_query)
+    used = sorted(set(queries.values()))
+    if used[0] < q_query:
+        warnings.warn(f"episodes: the split has too few images for {q_query} queries per class after {k_shot} "
+                      f"support images; used {'-'.join(map(str, sorted({used[0], used[-1]})))} (per class "
+                      f"{[queries[int(c)] for c in present]})", UserWarning, stacklevel=2)
     accs = []
     for i in range(episodes):
         ep = sample_episode(labels, ways, k_shot, q_query, np.random.default_rng(derive_seed(seed, 600, i)), queries)
@@ -62,7 +69,8 @@ def episodic_accuracy(features: torch.Tensor, labels: np.ndarray, *, n_way: int 
         accs.append(float(acc))
     mean, sd = float(np.mean(accs)), float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
     half = 1.96 * sd / math.sqrt(len(accs))
-    return {"episodes": episodes, "n_way": ways, "k_shot": k_shot, "q_query": q_query, "accuracy": mean, "sd": sd,
+    return {"episodes": episodes, "n_way": ways, "k_shot": k_shot, "q_query": used[-1], "q_query_requested": q_query,
+            "queries_per_class": [queries[int(c)] for c in present], "accuracy": mean, "sd": sd,
             "ci95": [mean - half, mean + half]}
 
 

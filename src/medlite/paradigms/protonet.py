@@ -183,8 +183,12 @@ def episodic_note(path: Path) -> list[str]:
     if not path.is_file():
         return []
     e = atomic.read_json(path)
-    return [f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot, {e['q_query']} "
-            f"queries): accuracy {e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"]
+    per_class = e.get("queries_per_class") or [e["q_query"]]  # older episodic.json files: the request only
+    lo, hi, asked = min(per_class), max(per_class), e.get("q_query_requested", e["q_query"])
+    used = str(lo) if lo == hi else f"{lo}-{hi}"
+    queries = f"{asked} queries" if lo == asked else f"{used} queries per class of {asked} asked"
+    return [f"{e['episodes']} {e['split']} episodes ({e['n_way']}-way {e['k_shot']}-shot, {queries}): accuracy "
+            f"{e['accuracy']:.3f} (95% CI {e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"]
 
 
 __all__ = ["ProtoNetTask", "episodic_note"]
