@@ -228,3 +228,13 @@ def test_ctrl_c_keeps_a_resumable_run_or_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt, match="medlite train --out .*late --resume"):
         train(out=tmp_path / "late", callbacks=[_CtrlC(1)], **settings)
     assert train(out=tmp_path / "late", resume=True, progress=False).epochs_run == 2
+
+
+def test_model_card_says_how_the_weights_were_chosen(tmp_path, tiny_run):
+    out, _ = tiny_run
+    assert "the weights are those of the epoch with the best validation macro AUC" in (
+        out / "model_card.md").read_text()
+    no_val = train(out=tmp_path / "noval", model="hybridnet_xr_50", epochs=1, **{**TINY, "val_frac": 0.0})
+    card = (no_val.run_dir / "model_card.md").read_text()
+    assert "no validation split, so no early stopping: the weights are the last epoch's" in card
+    assert "on validation macro AUC" not in card

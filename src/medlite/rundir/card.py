@@ -17,6 +17,13 @@ INTENDED_USE = "Research and education: comparing lightweight classifiers and tr
 NOT_A_DEVICE = "Not a diagnostic device; a clinician decides."
 
 
+def _model_selection(patience: int, n_val: int) -> str:
+    if n_val == 0:
+        return "no validation split, so no early stopping: the weights are the last epoch's"
+    stop = f"early stopping patience {patience}" if patience > 0 else "no early stopping"
+    return f"{stop}; the weights are those of the epoch with the best validation macro AUC ({n_val} images)"
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -53,7 +60,7 @@ def write_model_card(
     t, p = cfg.train, cfg.preprocess
     ci = metrics.get("ci95") or {}
     auc_ci = ci.get("auc_macro") or [None, None]
-    labelled = int(data.indices("train").size)
+    labelled, n_val = int(data.indices("train").size), int(data.indices("val").size)
     init = (f"weight selection ({t.select_method}) from {t.init_select}" if t.init_select
             else f"complementary weight selection ({t.select_method}) from {t.teacher[0]}" if t.paradigm == "dual-skd"
             else f"{t.init}" if t.init else "random")
@@ -84,8 +91,7 @@ def write_model_card(
         f"`{init}`, paradigm `{t.paradigm}`.",
         f"- {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, batch {t.batch_size}, up to {t.epochs} epochs,"
         f" warm-up {t.warmup_epochs} epoch(s) then {schedule}; label smoothing {t.label_smoothing}; class balance "
-        f"`{t.balance}`; augmentation `{t.augment}`; early stopping patience {t.early_stopping_patience} on "
-        "validation macro AUC.",
+        f"`{t.balance}`; augmentation `{t.augment}`; {_model_selection(t.early_stopping_patience, n_val)}.",
         *(f"- {line}." for line in notes),
         "",
         f"## Results ({split} split, n = {metrics['n']})",
