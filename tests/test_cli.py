@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -256,6 +257,13 @@ def test_export_predict_and_explain(trained, phantoms, tmp_path):
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "pred.csv").read_text().splitlines()
     assert len(lines) == 7 and "prob_viral" in lines[0]
+    long_name = tmp_path / ("x" * 10 + "_a_long_file_name_as_a_pacs_export_writes_it_" + "y" * 30 + ".png")
+    shutil.copy(images / "viral_0000.png", long_name)
+    result = invoke("predict", onnx_file, long_name)
+    assert result.exit_code == 0, result.output
+    cells = "".join(line.strip("│ ").split("│")[0].strip() for line in result.output.splitlines() if "│" in line)
+    assert long_name.name in cells, result.output  # wrapped over rows, never cut off with an ellipsis
+    assert "…" not in result.output
     result = invoke("predict", onnx_file, images / "viral_0000.png", "--cam", tmp_path / "onnx_cams")
     assert result.exit_code == 0, result.output  # the torch-free class activation map of the ONNX model
     assert [p.name for p in (tmp_path / "onnx_cams").rglob("*.png")] == ["model_cam.png"]

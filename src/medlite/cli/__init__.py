@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medlite import api
-from medlite.cli.render import console_table, format_inspection, format_metrics, format_profile
+from medlite.cli.render import console_table, format_inspection, format_metrics, format_predictions, format_profile
 from medlite.errors import MedliteError
 
 app = typer.Typer(help="Lightweight chest X-ray classifiers: build, train, compare, explain, deploy.",
@@ -332,15 +332,9 @@ def predict(
 ) -> None:
     """Predict class probabilities for files and folders; the preprocessing comes from the model itself."""
     rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam)
-    ok = [r for r in rows if r["status"] == "ok"]
-    table = Table(title=f"{len(ok)} predicted, {len(rows) - len(ok)} skipped")
-    for column in ("file", "predicted", "status"):
-        table.add_column(column)
-    for row in rows[:20]:
-        table.add_row(str(row["file"]), str(row.get("predicted") or ""), row["status"])
-    console.print(table)
+    console.print(format_predictions(rows, limit=20))
     if len(rows) > 20:
-        console.print(f"... {len(rows) - 20} more")
+        console.print(f"... {len(rows) - 20} more" + ("" if out else " (--out FILE writes them all)"))
     if out is not None:
         console.print(f"wrote {out}")
 

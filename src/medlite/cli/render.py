@@ -83,6 +83,22 @@ def format_metrics(metrics: Mapping[str, Any], *, digits: int = 3) -> Table:
     return grid
 
 
+def format_predictions(rows: Sequence[Mapping[str, Any]], *, limit: int) -> Table:
+    """The first ``limit`` rows of :func:`medlite.predict` as a table; long file names wrap, never cut off."""
+    ok = sum(r["status"] == "ok" for r in rows)
+    table = Table(title=f"{ok} predicted, {len(rows) - ok} skipped")
+    table.add_column("file", overflow="fold", ratio=3)
+    table.add_column("predicted", no_wrap=True)
+    table.add_column("probability", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", ratio=1)
+    for row in rows[:limit]:
+        predicted = row.get("predicted")
+        probability = row.get(f"prob_{predicted}") if predicted else None
+        table.add_row(str(row["file"]), str(predicted or ""), _fmt(probability, 3) if predicted else "",
+                      row["status"])
+    return table
+
+
 def format_profile(result: dict[str, Any]) -> Table:
     """A two-column rich table (metric, value with unit) of a :func:`profile_model` result."""
 
