@@ -238,3 +238,13 @@ def test_model_card_says_how_the_weights_were_chosen(tmp_path, tiny_run):
     card = (no_val.run_dir / "model_card.md").read_text()
     assert "no validation split, so no early stopping: the weights are the last epoch's" in card
     assert "on validation macro AUC" not in card
+
+
+def test_outside_a_terminal_each_epoch_is_one_plain_line(tmp_path, capsys):
+    import re
+
+    train(out=tmp_path / "log", model="hybridnet_xr_50", epochs=2, **{**TINY, "progress": True})
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    pattern = (r"epoch {}/2  train_loss \d\.\d{{4}}  val_loss \d\.\d{{4}}  val_acc \d\.\d{{3}}  val_auc \d\.\d{{3}}  "
+               r"\(\d+ s\)")
+    assert len(lines) == 2 and all(re.fullmatch(pattern.format(i + 1), line) for i, line in enumerate(lines)), lines

@@ -214,7 +214,7 @@ def train(
     console.print(f"[bold]{result.run_dir}[/]: {result.epochs_run} epochs in {result.wall_time_s:.0f} s; "
                   f"test accuracy {m['accuracy']:.3f} (95% CI {m['ci95']['accuracy'][0]:.3f}-"
                   f"{m['ci95']['accuracy'][1]:.3f}), {auc_summary(m)}, n = {m['n']}"
-                  + (" [yellow](generated phantoms, not X-rays)[/]" if result.synthetic else ""))
+                  + (" [yellow](generated phantoms, not X-rays)[/]" if result.synthetic else ""), soft_wrap=True)
     for line in api.paradigm_summary(result.run_dir):
         console.print(line)
 

@@ -131,8 +131,10 @@ def quiet_lightning() -> Iterator[None]:
 def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any], progress: bool,
              early_stopping: bool = True):
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+
+    from medlite.workflows.epoch_log import training_progress
 
     t = cfg.train
     monitor = "val_auc" if has_val else None
@@ -142,7 +144,7 @@ def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any],
     if has_val and early_stopping and t.early_stopping_patience > 0:
         all_callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping_patience))
     if progress:
-        all_callbacks.append(RichProgressBar(leave=True))
+        all_callbacks.append(training_progress())
     accelerator = t.accelerator if t.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     strategy: Any = "auto"
     if t.devices * t.num_nodes > 1:
