@@ -114,7 +114,9 @@ def test_train_evaluate_profile_compare(trained, tmp_path):
     assert f"wrote {tmp_path / 'eval' / 'metrics.json'}" in " ".join(result.output.split())
     result = invoke("profile", trained, "--batch-size", "2", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["params"] > 0 and (trained / "profile.json").is_file()
+    assert json.loads(result.stdout)["params"] > 0 and (trained / "profile.json").is_file()
+    steps = [line.split(" ", 1)[1] for line in result.stderr.splitlines()]  # "HH:MM:SS what it measures now"
+    assert [s.split(": ")[1].split(" ")[0] for s in steps] == ["peak", "training", "latency"], result.stderr
     result = invoke("compare", trained, "--out", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     html = (tmp_path / "report.html").read_text()
@@ -274,11 +276,16 @@ def test_export_predict_and_explain(trained, phantoms, tmp_path):
     assert list((tmp_path / "cams").rglob("*.png"))
     result = invoke("explain", trained, images / "viral_0001.png", "gradcam", "scorecam", "--out", tmp_path / "maps")
     assert result.exit_code == 0, result.output
+    assert [line.split(" ", 1)[1] for line in result.stderr.splitlines()] == [
+        f"{method} with {trained.name}: images 1-1 of 1" for method in ("gradcam", "scorecam")]
     assert len(list((tmp_path / "maps").rglob("*.npy"))) == 2
     result = invoke("explain", trained, "--evaluate", "--n", "4", "--method", "gradcam", "--out", tmp_path / "ev")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "explain_metrics.json").read_text())
     assert "gradcam" in json.dumps(metrics)
+    assert [line.split(" ", 1)[1] for line in result.stderr.splitlines() if "gradcam" in line] == [
+        f"{trained.name}: gradcam: {what}" for what in ("explaining 4 images", "deletion and insertion curves "
+                                                        "(100 steps)", "ROAD")]
 
 
 def test_explain_without_a_run_is_an_error(tmp_path):

@@ -141,15 +141,18 @@ def select_weights(student: nn.Module, teacher: Any, *, method: str = "uniform",
 
 
 def profile(target: str | Path, *, img_size: int | None = None, batch_size: int = 32,
-            threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Efficiency profile of a model name or a run directory (then also written to ``RUNDIR/profile.json``)."""
+            threads: int | None = None, device: str = "cpu",
+            on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Efficiency profile of a model name or a run directory (then also written to ``RUNDIR/profile.json``);
+    ``on_step`` gets a line before each measurement."""
     from medlite.workflows.profile import profile as _profile
 
     # 0 is refused like a negative (it once meant "the model's default size"; None is that default).
     require_positive("--img-size", img_size, minimum=8)
     require_positive("--batch-size", batch_size)
     require_positive("--threads", threads)
-    return _profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
+    return _profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device,
+                    on_step=on_step)
 
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,11 @@ _WINDOW_HELP = ("DICOM windowing: header (VOI LUT sequence, else the first windo
 def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
     # A warning is for the user, not a developer: one line, without the source file and code line.
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def _step(text: str) -> None:
+    """A progress line on stderr (so piped stdout stays the result), stamped with the time of day."""
+    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -266,7 +272,8 @@ def profile(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Parameters, MACs, weight size, peak training memory, throughput and latency."""
-    result = api.profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device)
+    result = api.profile(target, img_size=img_size, batch_size=batch_size, threads=threads, device=device,
+                         on_step=_step)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -379,11 +386,12 @@ def explain(
         for run in runs:
             # One folder per run when several are scored (the same images for every model).
             target_dir = out / run.name if len(runs) > 1 else out
-            api.evaluate_explanations(run, data=data, n=n, masks=masks, methods=methods or None, out=target_dir)
+            api.evaluate_explanations(run, data=data, n=n, masks=masks, methods=methods or None, out=target_dir,
+                                      on_step=lambda text, run=run: _step(f"{run.name}: {text}"))
             console.print(f"{run}: wrote {target_dir / 'explain_metrics.json'}")
         return
     rows = api.explain(runs, images, methods=methods or ["gradcam"], target=target, out=out, layer=layer,
-                       batch_size=batch_size)
+                       batch_size=batch_size, on_step=_step)
     console.print(f"{len(rows)} explanation(s) written to {out} (overlays, .npy maps, grids, explanations.json)")
 
 

@@ -14,7 +14,7 @@ Output layout (``OUT`` = ``out``)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ def explain_images(
     *,
     colormap: str = "jet",
     alpha: float = 0.45,
+    on_step: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Explain image files with one or more trained runs and write overlays, maps and grids.
 
@@ -85,6 +86,8 @@ def explain_images(
         batch_size: images per Grad-CAM batch, and masked inputs / LIME samples per forward pass.
         colormap: matplotlib colormap of the overlays.
         alpha: heatmap weight of the overlays in [0, 1].
+        on_step: called with a line before each method x model x batch of images (LIME and Score-CAM take
+            seconds per image on a CPU).
 
     Returns:
         One dict per image x run x method: ``image``, ``run``, ``model``, ``method``, ``layer``, ``target``,
@@ -120,6 +123,8 @@ def explain_images(
             u8 = torch.from_numpy(np.stack([preprocess_image(originals[i], pre) for i in chunk]))
             x = uint8_to_input(u8, float(info["mean"]), float(info["std"]), int(info["in_chans"]))
             for method in method_names:
+                if on_step is not None:
+                    on_step(f"{method} with {run_label}: images {chunk.start + 1}-{chunk.stop} of {len(files)}")
                 with create_explainer(method, model, layer=layer, batch_size=batch_size) as explainer:
                     result = explainer(x, target=class_index)
                 for j, i in enumerate(chunk):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ def evaluate_explanations(
     seed: int = 0,
     metrics: Sequence[str] = METRIC_GROUPS,
     method_options: dict[str, dict[str, Any]] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score saliency methods of a finished run and write ``explain_metrics.json``.
 
@@ -136,6 +137,7 @@ def evaluate_explanations(
         metrics: which groups to compute (a cost knob): ``deletion`` (deletion and insertion AUC), ``road``,
             ``localisation`` (pointing game and energy in mask; needs masks).
         method_options: extra constructor options per method, e.g. ``{"scorecam": {"max_channels": 64}}``.
+        on_step: called with a line before each method and each metric group (each takes seconds to minutes).
 
     Returns:
         The metrics dict written to ``explain_metrics.json``: per method ``deletion_auc``,
@@ -176,8 +178,10 @@ def evaluate_explanations(
     mean, std, in_chans = float(info["mean"]), float(info["std"]), int(info["in_chans"])
     scorer = model_scorer(model, mean, std, in_chans, batch_size=max(batch_size, 64))
     report: dict[str, Any] = {}
+    step = on_step or (lambda text: None)
     for method in method_names:
         started = time.perf_counter()
+        step(f"{method}: explaining {len(chosen)} images")
         options = dict((method_options or {}).get(method, {}))
         if method == "lime":
             options.setdefault("seed", seed)
@@ -191,10 +195,12 @@ def evaluate_explanations(
         sal, tgt = torch.cat(maps), torch.cat(targets)
         entry: dict[str, Any] = {"explain_seconds": round(time.perf_counter() - started, 2)}
         if "deletion" in metrics:
+            step(f"{method}: deletion and insertion curves ({steps} steps)")
             deletion, insertion = deletion_insertion_curves(scorer, images, sal, tgt, steps=steps)
             entry["deletion_auc"] = _stats(curve_auc(deletion).numpy())
             entry["insertion_auc"] = _stats(curve_auc(insertion).numpy())
         if "road" in metrics:
+            step(f"{method}: ROAD")
             road = road_scores(scorer, images, sal, tgt, seed=seed)
             entry["road_combined"] = _stats(road["combined"].numpy())
         if "localisation" in metrics and has_mask.any():

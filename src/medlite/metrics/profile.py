@@ -41,6 +41,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def profile_model(
     warmup: int = 3,
     iters: int = 20,
     weights_path: Path | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure a model's efficiency with the protocol in the module docstring.
 
@@ -158,6 +160,7 @@ def profile_model(
         warmup: untimed calls before every timing loop.
         iters: timed calls per loop (latency uses at least 20).
         weights_path: the model's ``.safetensors`` file, whose size is reported as ``weights_mb``.
+        on_step: called with a short line before each measurement (they take seconds to a minute each).
 
     Returns:
         A JSON-serialisable dict; keys and units are listed in the module docstring.
@@ -207,8 +210,10 @@ def profile_model(
             "flops": 2 * macs,
             "weights_mb": _weights_mb(model, weights_path),
         }
+        step = on_step or (lambda text: None)
         # Memory first, on CUDA, so the timing copy below is not part of the device's allocation.
         if measure_memory:
+            step(f"{name}: peak training and inference memory (batch {batch_size}, {img_size} px, two subprocesses)")
             result.update(
                 _measure_memory(
                     name,
@@ -235,10 +240,12 @@ def profile_model(
         x_train = make_batch(batch_size, in_chans, img_size, dev, channels_last)
         optimizer = torch.optim.AdamW(work.parameters())
         work.train()
+        step(f"{name}: training throughput ({warmup} + {iters} steps of batch {batch_size})")
         t = _timed(lambda: train_step(work, optimizer, x_train), dev, warmup, iters)
         result["train_throughput_ips"] = batch_size * iters / sum(t)
 
         work.eval()
+        step(f"{name}: latency (batch 1) and inference throughput (batch 32)")
         with torch.no_grad():
             x1 = make_batch(1, in_chans, img_size, dev, channels_last)
             lat = np.asarray(_timed(lambda: work(x1), dev, warmup, max(iters, 20))) * 1e3
