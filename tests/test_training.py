@@ -20,7 +20,7 @@ from medlite.workflows.train import train
 TINY = dict(source="synthetic", synthetic_per_class=8, synthetic_size=32, size=32, batch_size=8,
             progress=False)
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "auc_macro_present", "auc_classes",
-               "per_class", "confusion_matrix", "ece", "ci95", "n"}
+               "per_class", "confusion_matrix", "ece", "ci95", "n", "calibration", "ood"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_run_directory_holds_everything(tiny_run):
     out, result = tiny_run
     for name in ("config.yaml", "splits.csv", "model.safetensors", "last.ckpt", "history.csv", "metrics.json",
                  "model_card.md", "versions.json", "run.json", "plots/learning_curves.png", "plots/roc_test.png",
-                 "plots/confusion_test.png"):
+                 "plots/confusion_test.png", "plots/reliability_test.png", "ood_gate.safetensors"):
         assert (out / name).is_file(), name
     assert not (out / "best.ckpt").exists()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
@@ -49,6 +49,13 @@ def test_run_directory_holds_everything(tiny_run):
     assert info["classes"] == ["Covid-19", "Emphysema", "Normal", "Pneumonia-Bacterial", "Pneumonia-Viral",
                                "Tuberculosis"]
     assert "Accuracy" in (out / "model_card.md").read_text()
+    assert info["calibration"]["method"] == "temperature" and info["calibration"]["temperature"] > 0
+    assert info["ood_gate"]["method"] == "mahalanobis" and info["ood_gate"]["file"] == "ood_gate.safetensors"
+    # metrics.json reports calibration on the test split before and after, and the share the gate flags there.
+    calibration = metrics["calibration"]
+    assert calibration["split"] == "test" and calibration["temperature"] == info["calibration"]["temperature"]
+    assert calibration["after"]["ece"] == pytest.approx(metrics["ece"])  # the metrics are the calibrated model's
+    assert 0 <= metrics["ood"]["flagged"] <= 1 and metrics["ood"]["threshold"] == info["ood_gate"]["threshold"]
 
 
 def test_split_manifest_covers_every_image_once(tiny_run):
@@ -248,3 +255,12 @@ def test_outside_a_terminal_each_epoch_is_one_plain_line(tmp_path, capsys):
     pattern = (r"epoch {}/2  train_loss \d\.\d{{4}}  val_loss \d\.\d{{4}}  val_acc \d\.\d{{3}}  val_auc \d\.\d{{3}}  "
                r"\(\d+ s\)")
     assert len(lines) == 2 and all(re.fullmatch(pattern.format(i + 1), line) for i, line in enumerate(lines)), lines
+
+
+def test_model_card_says_when_not_to_trust_a_result(tiny_run):
+    out, _ = tiny_run
+    card = (out / "model_card.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "## When not to trust a result" in card
+    assert f"T = {metrics['calibration']['temperature']:.3f}" in card
+    assert f"it flags {metrics['ood']['flagged']:.1%} of the test split" in card

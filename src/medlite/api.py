@@ -181,7 +181,8 @@ def demo(out: str | Path = "demo_out", *, per_class: int = 150, img_size: int = 
 
 
 def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | None = None, batch_size: int = 16,
-            threads: int | None = None, cam: str | Path | None = None) -> list[dict[str, Any]]:
+            threads: int | None = None, cam: str | Path | None = None,
+            ood_policy: str = "warn") -> list[dict[str, Any]]:
     """Per-file class probabilities from a run directory or an ``.onnx`` (see :func:`medlite.deploy.predict`).
 
     With ``cam``, heatmaps of the predicted class are written there too: for an ``.onnx`` the torch-free class
@@ -191,9 +192,10 @@ def predict(model: str | Path, inputs: list[str | Path], *, out: str | Path | No
     from medlite.deploy import predict as _predict
 
     if cam is None or not Path(model).is_dir():
-        return _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, cam=cam)
-    rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads)
-    files = [r["file"] for r in rows if r["status"] == "ok"]
+        return _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, cam=cam,
+                        ood_policy=ood_policy)
+    rows = _predict(model, inputs, out=out, batch_size=batch_size, threads=threads, ood_policy=ood_policy)
+    files = [r["file"] for r in rows if r["predicted"] is not None]
     if files:
         explain([model], files, methods=["gradcam"], out=cam)
     return rows

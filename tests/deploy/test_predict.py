@@ -20,7 +20,7 @@ from medlite.deploy.onnx_export import EXPORT_DIR, INT8_FILE, ONNX_FILE
 from medlite.errors import DataError, MedliteError, ModelError
 
 SECRETS = ("Doe", "Janet", PATIENT_ID)
-COLUMNS = ["file", "predicted", "prob_normal", "prob_pneumonia", "threshold", "status"]
+COLUMNS = ["file", "predicted", "prob_normal", "prob_pneumonia", "threshold", "ood_score", "status"]
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_folder_to_csv_with_threshold(binary_export: tuple[Path, dict[str, Any]]
                                       tmp_path: Path) -> None:
     run, _ = binary_export
     out = tmp_path / "pred.csv"
-    with pytest.warns(UserWarning, match="skipped 1 of 5 files"):
+    with pytest.warns(UserWarning, match="1 of 5 files could not be read"):
         rows = predict(run / EXPORT_DIR / ONNX_FILE, [scans], out=out, batch_size=2)
     names = [Path(r["file"]).name for r in rows]
     assert sorted(names) == ["a.png", "b.png", "broken.png", "c.dcm", "scan0001"]

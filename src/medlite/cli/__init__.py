@@ -336,9 +336,12 @@ def predict(
     cam: Annotated[Path | None, typer.Option(
         help="also write heatmaps of the predicted class here (.onnx: class activation map, torch-free; run "
              "directory: Grad-CAM)")] = None,
+    ood_policy: Annotated[str, typer.Option(help="an image unlike the training data: warn (keep its class, "
+                                                 "flagged) or abstain (no class)")] = "warn",
 ) -> None:
     """Predict class probabilities for files and folders; the preprocessing comes from the model itself."""
-    rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam)
+    rows = api.predict(model, list(inputs), out=out, batch_size=batch_size, threads=threads, cam=cam,
+                       ood_policy=ood_policy)
     console.print(format_predictions(rows, limit=20))
     if len(rows) > 20:
         console.print(f"... {len(rows) - 20} more" + ("" if out else " (--out FILE writes them all)"))

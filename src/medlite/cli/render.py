@@ -85,8 +85,9 @@ def format_metrics(metrics: Mapping[str, Any], *, digits: int = 3) -> Table:
 
 def format_predictions(rows: Sequence[Mapping[str, Any]], *, limit: int) -> Table:
     """The first ``limit`` rows of :func:`medlite.predict` as a table; long file names wrap, never cut off."""
-    ok = sum(r["status"] == "ok" for r in rows)
-    table = Table(title=f"{ok} predicted, {len(rows) - ok} skipped")
+    ok = sum(r["predicted"] is not None for r in rows)
+    flagged = sum(r["status"].startswith("flagged") for r in rows)
+    table = Table(title=f"{ok} predicted ({flagged} flagged), {len(rows) - ok} without a class")
     table.add_column("file", overflow="fold", ratio=3)
     table.add_column("predicted", no_wrap=True)
     table.add_column("probability", justify="right", no_wrap=True)

@@ -95,7 +95,12 @@ def read_for_checks(path: str | Path) -> CheckedImage:
         DataError: as :func:`medlite.data.imageio.read_image` (missing, empty, truncated, corrupt file).
     """
     path = Path(path)
-    buf = load_bytes(path)
+    return checked_from_bytes(load_bytes(path), path)
+
+
+def checked_from_bytes(buf: np.ndarray, path: Path) -> CheckedImage:
+    """:func:`read_for_checks` of a file's bytes already in memory (uint8 (N,) buffer; ``path`` names it in
+    errors and gives its suffix): what the point-of-care server checks of an upload."""
     gray = decode_image(buf, path)
     info = image_info(path, buf.tobytes())
     if info.channels < 3:
@@ -157,6 +162,12 @@ def check_constant(gray: np.ndarray) -> str | None:
         levels = int(round(float(hi - lo) * 255))
         return f"nearly constant image (the middle 98 % of pixels span {levels} of 255 gray levels)"
     return None
+
+
+def tiny_below(input_size: int) -> int:
+    """The shorter side under which an image is too small for a model of ``input_size`` pixels: half the input
+    (upscaling more than twice invents the detail the model reads), at most :data:`MIN_SHORT_SIDE`."""
+    return min(MIN_SHORT_SIDE, max(8, input_size // 2))
 
 
 def check_image(image: str | Path | np.ndarray | CheckedImage, *, min_side: int = MIN_SHORT_SIDE) -> str | None:

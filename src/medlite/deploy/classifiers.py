@@ -12,14 +12,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medlite.deploy.contract import METADATA_KEY, OUTPUT_NAME, normalise, probabilities, run_contract
+from medlite.deploy.contract import METADATA_KEY, OUTPUT_NAME, POOLED_NAME, normalise, run_contract
+from medlite.deploy.trust import Trust
 from medlite.errors import ModelError
 
 
 class Classifier(Protocol):
-    """What :func:`predict` needs from a model: its contract and probabilities for uint8 (B, S, S) images."""
+    """What :func:`predict` needs from a model: its contract, its :class:`~medlite.deploy.trust.Trust`
+    (calibration, OOD gate) and logits with pooled features for uint8 (B, S, S) images."""
 
     contract: dict[str, Any]
+    trust: Trust
+
+    def logits_and_pooled(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -54,6 +59,7 @@ class OnnxClassifier:
         # Exports since the pooled / cam_features outputs have three; older ones only logits (first output).
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._logits_name = OUTPUT_NAME if OUTPUT_NAME in self.output_names else self.output_names[0]
+        self.trust = Trust(self.contract, self.path.parent)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """float32 (B, C) logits for uint8 (B, S, S) preprocessed images."""
@@ -67,9 +73,15 @@ class OnnxClassifier:
         out.setdefault(OUTPUT_NAME, out[self._logits_name])
         return out
 
+    def logits_and_pooled(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 logits (B, K) and pooled features (B, D) (``None`` for exports older than that output)."""
+        names = [self._logits_name] + ([POOLED_NAME] if POOLED_NAME in self.output_names else [])
+        values = self.session.run(names, {self.input_name: normalise(images, self.contract)})
+        return values[0], values[1] if len(values) > 1 else None
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """float64 (B, C) probabilities for uint8 (B, S, S) preprocessed images."""
-        return probabilities(self.logits(images))
+        """float64 (B, C) calibrated probabilities for uint8 (B, S, S) preprocessed images."""
+        return self.trust.probabilities(self.logits(images))
 
 
 class TorchClassifier:
@@ -81,11 +93,14 @@ class TorchClassifier:
 
         self.model, _, _ = load_run_model(run_dir)
         self.contract = run_contract(run_dir)
+        self.trust = Trust(self.contract, run_dir)
         self.threads = threads
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """float64 (B, C) probabilities for uint8 (B, S, S) preprocessed images."""
+    def logits_and_pooled(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 logits (B, K) and pooled features (B, D) for uint8 (B, S, S) preprocessed images."""
         import torch
+
+        from medlite.models.heads import features_and_logits
 
         # The same numpy normalisation as the ONNX path (and no Lightning import, unlike the training code).
         x = torch.from_numpy(normalise(images, self.contract))
@@ -94,10 +109,14 @@ class TorchClassifier:
             torch.set_num_threads(int(self.threads))
         try:
             with torch.inference_mode():
-                logits = self.model(x).float().numpy()
+                pooled, logits = features_and_logits(self.model, x)
         finally:
             torch.set_num_threads(previous)
-        return probabilities(logits)
+        return logits.float().numpy(), pooled.float().numpy()
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float64 (B, C) calibrated probabilities for uint8 (B, S, S) preprocessed images."""
+        return self.trust.probabilities(self.logits_and_pooled(images)[0])
 
 
 def load_classifier(model: str | Path, threads: int | None = None) -> Classifier:

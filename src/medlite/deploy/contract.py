@@ -49,7 +49,8 @@ def run_contract(run_dir: str | Path) -> dict[str, Any]:
         (pixels), ``mean`` / ``std`` (on the [0, 1] intensity scale), ``preprocess`` (every
         :class:`~medlite.data.preprocess.PreprocessConfig` field, ``dicom_window`` included; settings an old
         ``run.json`` lacks are filled with what that run used), ``intensity`` (the convention in words),
-        ``output`` (``"logits"``) and, for two classes, ``threshold`` (operating point on the probability of
+        ``output`` (``"logits"``), ``calibration`` and ``ood_gate`` (:mod:`medlite.rundir.trust`; absent for
+        older runs) and, for two classes, ``threshold`` (operating point on the calibrated probability of
         ``positive_class`` tuned on the validation split, or ``None`` when ``metrics.json`` has none).
     """
     from medlite.data.preprocess import PreprocessConfig
@@ -67,6 +68,11 @@ def run_contract(run_dir: str | Path) -> dict[str, Any]:
                      "'preprocess' settings",
         "input_name": INPUT_NAME, "output": OUTPUT_NAME,
     }
+    # Calibration and the OOD gate (absent in older runs); the gate's arrays lie in the file it names, beside the
+    # model.
+    for key in ("calibration", "ood_gate"):
+        if info.get(key):
+            contract[key] = info[key]
     if len(classes) == 2:
         contract.update(positive_class=classes[1], threshold=None, threshold_rule=None)
         metrics_path = run_dir / layout.METRICS

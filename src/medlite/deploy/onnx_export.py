@@ -41,8 +41,9 @@ from medlite.deploy.classifiers import OnnxClassifier
 from medlite.deploy.contract import INPUT_NAME, OUTPUT_NAMES, normalise, run_contract, set_metadata
 from medlite.deploy.graph_outputs import ExportGraph, cam_head
 from medlite.deploy.quantize import quantize_int8
+from medlite.deploy.trust import Trust
 from medlite.errors import MedliteError, ModelError
-from medlite.models.inputs import predict_proba
+from medlite.models.inputs import predict_logits
 from medlite.rundir import layout, store
 from medlite.rundir.card import card_summary
 from medlite.utils import atomic
@@ -291,7 +292,9 @@ def export_run(
                            f"{contract['classes']}")
     split, images = _parity_images(data)
     with torch.inference_mode():
-        reference = np.asarray(predict_proba(model, images, in_chans=contract["in_chans"]), np.float64)
+        logits = np.asarray(predict_logits(model, images, in_chans=contract["in_chans"]), np.float64)
+    # The exported model serves calibrated probabilities (the contract's calibration): compare those.
+    reference = Trust(contract, run_dir).probabilities(logits)
     threshold = contract.get("threshold") if contract["num_classes"] == 2 else None
 
     out_dir = Path(out) if out is not None else run_dir / EXPORT_DIR
@@ -307,6 +310,10 @@ def export_run(
         "parity_split": split, "n_parity_images": int(len(images)),
         "criteria": {"fp32_max_abs_prob_diff": FP32_MAX_ABS_DIFF, "min_top1_agreement": MIN_TOP1_AGREEMENT},
     }
+    gate = (contract.get("ood_gate") or {}).get("file")
+    if gate:  # the OOD gate's arrays travel beside the model (the contract names the file)
+        with atomic.atomic_write(out_dir / gate, "wb") as handle:
+            handle.write((run_dir / gate).read_bytes())
     try:
         report.update(export_onnx(model, tmp, input_size=contract["input_size"],
                                   in_chans=contract["in_chans"], opset=opset, metadata=metadata))

@@ -22,10 +22,12 @@ import numpy as np
 
 from medlite.data.files import image_files
 from medlite.data.imageio import read_image
+from medlite.data.input_checks import check_image, read_for_checks, tiny_below
 from medlite.data.preprocess import PreprocessConfig, preprocess_image
 from medlite.deploy.cam import cam_unavailable, class_activation_maps, unique_stems, write_cam
 from medlite.deploy.classifiers import Classifier, load_classifier
-from medlite.deploy.contract import CAM_FEATURES_NAME, probabilities
+from medlite.deploy.contract import CAM_FEATURES_NAME, OUTPUT_NAME, POOLED_NAME
+from medlite.deploy.trust import check_policy
 from medlite.errors import DataError, MedliteError, require_positive
 from medlite.utils import atomic
 
@@ -40,13 +42,16 @@ def collect_inputs(inputs: Sequence[str | Path], recursive: bool = True) -> list
 
 
 def _load(path: Path, cfg: PreprocessConfig, keep: bool = False) -> tuple[np.ndarray, np.ndarray | None] | str:
-    """The preprocessed uint8 (S, S) image of ``path`` (and, with ``keep``, the float image as read), or the
-    reason it cannot be used."""
+    """The preprocessed uint8 (S, S) image of ``path`` (and, with ``keep``, the float image as read), or why it
+    cannot be used: ``"error: <reason>"`` (unreadable) or ``"rejected: <reason>"`` (an input check failed)."""
     try:
+        reason = check_image(read_for_checks(path), min_side=tiny_below(cfg.size))
+        if reason is not None:
+            return f"rejected: {reason}"
         original = read_image(path, dicom_window=cfg.dicom_window)
         return preprocess_image(original, cfg), original if keep else None
     except DataError as err:
-        return str(err).removeprefix(f"{path}: ")
+        return f"error: {str(err).removeprefix(f'{path}: ')}"
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -63,23 +68,24 @@ def operating_threshold(contract: dict[str, Any], model: str | Path | None = Non
     return float(threshold)
 
 
-def _row(probs: np.ndarray | None, classes: list[str], threshold: float | None, status: str) -> dict[str, Any]:
+def _row(probs: np.ndarray | None, classes: list[str], threshold: float | None, status: str,
+         score: float | None = None, policy: str = "warn") -> dict[str, Any]:
     row: dict[str, Any] = {"predicted": None}
     for i, name in enumerate(classes):
         row[f"prob_{name}"] = None if probs is None else round(float(probs[i]), 6)
     if len(classes) == 2:
         row["threshold"] = threshold
-    if probs is not None and len(classes) == 2:
+    if probs is not None and not (policy == "abstain" and status.startswith("flagged")):
         # A binary model decides at its operating threshold on the positive class, not at 0.5.
-        row["predicted"] = classes[1] if probs[1] >= threshold else classes[0]
-    elif probs is not None:
-        row["predicted"] = classes[int(np.argmax(probs))]
+        row["predicted"] = (classes[1] if probs[1] >= threshold else classes[0]) if len(classes) == 2 \
+            else classes[int(np.argmax(probs))]
+    row["ood_score"] = None if score is None else round(float(score), 4)
     row["status"] = status
     return row
 
 
 def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float | None = None, *,
-                   cam: bool = False, cam_class: int | None = None) -> list[dict[str, Any]]:
+                   cam: bool = False, cam_class: int | None = None, ood_policy: str = "warn") -> list[dict[str, Any]]:
     """Score preprocessed images held in memory (what ``predict`` and the point-of-care server share).
 
     Args:
@@ -91,18 +97,26 @@ def predict_arrays(classifier: Classifier, images: np.ndarray, threshold: float 
             needs an exported ONNX model.
         cam_class: explain this class index for every image instead of the predicted class (the point-of-care
             page shows a binary model's positive class: where the evidence for the finding is, either way).
+        ood_policy: ``"warn"`` (a flagged image keeps its class) or ``"abstain"`` (its ``predicted`` is None).
 
     Returns:
-        One dict per image: ``predicted``, ``prob_<class>`` (6 decimals), ``threshold`` (binary) and ``status``
-        (``"ok"``), plus ``cam`` when asked for.
+        One dict per image: ``predicted``, ``prob_<class>`` (calibrated, 6 decimals), ``threshold`` (binary),
+        ``ood_score`` (None without a gate) and ``status`` (``"ok"`` or ``"flagged: ..."``,
+        :mod:`medlite.deploy.trust`), plus ``cam`` when asked for.
     """
     contract = classifier.contract
     classes = list(contract["classes"])
     if cam and not hasattr(classifier, "outputs"):
         raise MedliteError("class activation maps need an exported .onnx model (a run directory: medlite explain)")
+    check_policy(ood_policy)
     outputs = classifier.outputs(images) if cam else None
-    probs = probabilities(outputs["logits"]) if outputs is not None else classifier.predict_proba(images)
-    rows = [_row(p, classes, threshold, "ok") for p in probs]
+    logits, pooled = (outputs[OUTPUT_NAME], outputs.get(POOLED_NAME)) if outputs is not None \
+        else classifier.logits_and_pooled(images)
+    trust = classifier.trust
+    probs = trust.probabilities(logits)
+    scores = trust.scores(logits, pooled)
+    rows = [_row(p, classes, threshold, trust.status(None if scores is None else scores[i]),
+                 None if scores is None else scores[i], ood_policy) for i, p in enumerate(probs)]
     if outputs is not None:
         maps: list[np.ndarray | None] = [None] * len(rows)
         if cam_unavailable(contract) is None and CAM_FEATURES_NAME in outputs:
@@ -121,7 +135,10 @@ def write_predictions(rows: list[dict[str, Any]], out: str | Path, contract: dic
     if out.suffix.lower() == ".json":
         payload = {"model": str(model), "architecture": contract["model"], "classes": contract["classes"],
                    "threshold": contract.get("threshold"), "positive_class": contract.get("positive_class"),
-                   "n_files": len(rows), "n_errors": sum(r["status"] != "ok" for r in rows),
+                   "calibration": contract.get("calibration"), "ood_gate": contract.get("ood_gate"),
+                   "n_files": len(rows), "n_errors": sum(r["status"].startswith("error") for r in rows),
+                   "n_rejected": sum(r["status"].startswith("rejected") for r in rows),
+                   "n_flagged": sum(r["status"].startswith("flagged") for r in rows),
                    "predictions": rows}
         return atomic.write_json(out, payload)
     with atomic.atomic_write(out) as handle:
@@ -147,6 +164,7 @@ def predict(
     threads: int | None = None,
     recursive: bool = True,
     cam: str | Path | None = None,
+    ood_policy: str = "warn",
 ) -> list[dict[str, Any]]:
     """Predict every image file in ``inputs`` with a run directory or an exported ``.onnx`` model.
 
@@ -161,12 +179,14 @@ def predict(
         cam: a folder for class activation maps of the predicted class (exported ``.onnx`` models with a
             global-average-pool + linear head; torch-free, :mod:`medlite.deploy.cam`): ``CAM/<image stem>/
             <model stem>_cam.png`` (overlay) and ``.npy`` (map at the original geometry), and ``CAM/cams.json``.
+        ood_policy: what a flagged image gets: ``"warn"`` (its class, with the flag) or ``"abstain"`` (no class).
 
     Returns:
         One dict per file, in input order: ``file``, ``predicted`` (class name), ``prob_<class>`` per class
-        (rounded to 6 decimals), ``threshold`` (binary models only: the operating point on
-        ``prob_<classes[1]>``; ``predicted`` uses it) and ``status`` (``"ok"`` or ``"error: <reason>"``; such
-        files have no probabilities).
+        (calibrated, rounded to 6 decimals), ``threshold`` (binary models only: the operating point on
+        ``prob_<classes[1]>``; ``predicted`` uses it), ``ood_score`` and ``status``: ``"ok"``, ``"flagged:
+        unlike the training data (...)"``, ``"rejected: <reason>"`` (an input check failed: no probabilities)
+        or ``"error: <reason>"`` (unreadable: no probabilities); see :mod:`medlite.deploy.trust`.
 
     Raises:
         DataError: an input does not exist or no image file was found.
@@ -174,6 +194,7 @@ def predict(
         MedliteError: bad ``out`` suffix, ``batch_size`` or ``threads`` (below 1).
     """
     require_positive("--batch-size", batch_size)
+    check_policy(ood_policy)
     require_positive("--threads", threads)  # before loading: torch.set_num_threads(0) raises a RuntimeError
     if out is not None and Path(out).suffix.lower() not in _OUTPUT_SUFFIXES:
         raise MedliteError(f"--out {out}: must end in .csv or .json")
@@ -200,10 +221,10 @@ def predict(
             loaded = list(pool.map(lambda f: _load(f, cfg, keep=cam is not None), chunk))
             good = [item for item in loaded if not isinstance(item, str)]
             scored = iter(predict_arrays(classifier, np.stack([u8 for u8, _ in good]), threshold,
-                                         cam=cam is not None) if good else [])
+                                         cam=cam is not None, ood_policy=ood_policy) if good else [])
             for i, (file, item) in enumerate(zip(chunk, loaded, strict=True), start=start):
-                if isinstance(item, str):
-                    rows.append({"file": str(file), **_row(None, classes, threshold, f"error: {item}")})
+                if isinstance(item, str):  # "error: ..." or "rejected: ..."
+                    rows.append({"file": str(file), **_row(None, classes, threshold, item)})
                     continue
                 row = next(scored)
                 cam_map = row.pop("cam", None)
@@ -216,11 +237,14 @@ def predict(
                                  "target": classes.index(row["predicted"]),
                                  "probability": row[f"prob_{row['predicted']}"], "overlay": str(png),
                                  "map": str(npy)})
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        warnings.warn(f"skipped {len(failed)} of {len(rows)} files that could not be read (first: "
-                      f"{failed[0]['file']}: {failed[0]['status'].removeprefix('error: ')})", UserWarning,
-                      stacklevel=2)
+    for kind, what in (("error", "could not be read"), ("rejected", "failed an input check"),
+                       ("flagged", "are unlike the training data")):
+        hit = [r for r in rows if r["status"].startswith(kind)]
+        if hit:
+            warnings.warn(f"{len(hit)} of {len(rows)} files {what} (first: {hit[0]['file']}: "
+                          f"{hit[0]['status'].removeprefix(kind + ': ')})", UserWarning, stacklevel=2)
+    if classifier.trust.note:
+        warnings.warn(f"{model}: {classifier.trust.note}", UserWarning, stacklevel=2)
     if out is not None:
         write_predictions(rows, out, contract, model)
     if cam is not None:

@@ -24,6 +24,27 @@ def _model_selection(patience: int, n_val: int) -> str:
     return f"{stop}; the weights are those of the epoch with the best validation macro AUC ({n_val} images)"
 
 
+def _trust_section(metrics: dict[str, Any]) -> list[str]:
+    """What the calibration and the OOD gate do, with their figures on the evaluated split (empty without)."""
+    cal, ood = metrics.get("calibration"), metrics.get("ood")
+    lines = ["", "## When not to trust a result"] if cal or ood else []
+    if cal:
+        how = (f"temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split)"
+               if cal["method"] == "temperature" else f"`{cal['method']}` (no validation split to fit one)")
+        lines.append(f"- Probabilities are calibrated by {how}: ECE on the {cal['split']} split "
+                     f"{_fmt(cal['before']['ece'])} before, {_fmt(cal['after']['ece'])} after; Brier "
+                     f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])}.")
+    if ood:
+        val = ood.get("val_flagged")
+        lines.append(f"- An image whose features lie farther from every class than 99 % of the validation images "
+                     f"({ood['method']} score above {ood['threshold']:.4g}) is *flagged: unlike the training data*;"
+                     f" it flags {ood['flagged']:.1%} of the {ood['split']} split"
+                     + (f" and {val:.1%} of the validation split" if val is not None else "")
+                     + " (the false-refusal rate on images like the training data). Colour photographs, blank,"
+                     " tiny and extreme-aspect images are *rejected* before the model.")
+    return lines
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -121,9 +142,8 @@ def write_model_card(
                 for k, v in metrics["thresholds"].items()
             ),
         ]
+    lines += [*_trust_section(metrics), "", "## Intended use"]
     lines += [
-        "",
-        "## Intended use",
         INTENDED_USE,
         "Not a medical device; not for diagnosis or triage of real patients.",
         "",

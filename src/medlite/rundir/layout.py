@@ -37,6 +37,7 @@ METRICS = "metrics.json"
 PLOTS = "plots"
 PROFILE = "profile.json"
 MODEL_CARD = "model_card.md"
+OOD_GATE = "ood_gate.safetensors"  # the out-of-distribution gate's arrays (run.json "ood_gate" says how to use them)
 
 # deploy (medlite export)
 EXPORT_DIR = "export"

@@ -51,8 +51,10 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     return atomic.read_json(require_run_dir(run_dir) / layout.RUN_INFO)
 
 
-def save_run_info(out: Path, cfg: RunConfig, model: nn.Module, classes: list[str]) -> None:
-    """The model's contract: classes, architecture and the preprocessing every later step must reuse."""
+def save_run_info(out: Path, cfg: RunConfig, model: nn.Module, classes: list[str],
+                  trust: dict[str, Any] | None = None) -> None:
+    """The model's contract: classes, architecture, the preprocessing every later step must reuse and (``trust``,
+    from :func:`medlite.rundir.trust.fit_trust`) the calibration and OOD gate every predicting path applies."""
     atomic.write_json(
         out / layout.RUN_INFO,
         {
@@ -68,6 +70,7 @@ def save_run_info(out: Path, cfg: RunConfig, model: nn.Module, classes: list[str
             "cam_layer": model.cfg.cam_layer,
             # Architecture options (e.g. a reference head chosen by --init imagenet) that load_run_model passes back.
             "model_kwargs": model.arch_kwargs() if hasattr(model, "arch_kwargs") else {},
+            **({"calibration": trust["calibration"], "ood_gate": trust["ood_gate"]} if trust else {}),
         },
     )
 

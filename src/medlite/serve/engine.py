@@ -15,12 +15,14 @@ import base64
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from medlite.data.display import to_original_geometry, window
+from medlite.data.input_checks import check_image, checked_from_bytes, tiny_below
 from medlite.data.preprocess import PreprocessConfig, preprocess_image
 from medlite.deploy.cam import cam_unavailable
 from medlite.deploy.classifiers import OnnxClassifier
@@ -141,6 +143,12 @@ class Engine:
                 original, fmt = decode_upload(data, label, max_pixels=self.settings.max_pixels,
                                               dicom_window=self.cfg.dicom_window)
                 self._keep(data, fmt, request_id, i)
+                reason = check_image(checked_from_bytes(np.frombuffer(data, np.uint8), Path(label)),
+                                     min_side=tiny_below(self.cfg.size))
+                if reason is not None:  # not sent to the model: a colour photo, a blank or tiny image ...
+                    outcome.items.append({"image": i + 1, "status": "error", "error": f"{label}: rejected: {reason}",
+                                          "code": 422})
+                    continue
                 u8 = preprocess_image(original, self.cfg)
                 shown = display_image(original) if display or heatmap else None
                 del original  # the full-size float image is the largest object; drop it before the next

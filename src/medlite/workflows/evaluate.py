@@ -20,6 +20,7 @@ from medlite.metrics.split_eval import evaluate_split
 from medlite.models.inputs import embed_images, model_input_fn
 from medlite.paradigms.domain_gap import adaptation_summary
 from medlite.rundir import layout, store
+from medlite.rundir.trust import run_calibrator
 from medlite.utils import atomic
 
 _SPLITS = ("train", "val", "test")
@@ -52,7 +53,8 @@ def evaluate_run(
         prepared = prepare_other_source(cfg, data, info["classes"], split)
     target = layout.evaluation_dir(run_dir, data, out)
     with torch.inference_mode():
-        metrics = evaluate_split(model, prepared, split, info["in_chans"], target / layout.PLOTS)
+        metrics = evaluate_split(model, prepared, split, info["in_chans"], target / layout.PLOTS,
+                                 calibrator=run_calibrator(info))
     atomic.write_json(target / layout.METRICS, metrics)
     return metrics
 

@@ -32,6 +32,7 @@ from medlite.data.sources import is_synthetic
 from medlite.data.splits import SplitManifest
 from medlite.data.unlabelled import StackedImages, load_unlabelled
 from medlite.errors import MedliteError
+from medlite.metrics.calibration import Calibrator
 from medlite.metrics.plots import plot_history
 from medlite.metrics.split_eval import evaluate_split
 from medlite.models import create_model
@@ -40,6 +41,7 @@ from medlite.models.selection import select_weights
 from medlite.paradigms import get_paradigm
 from medlite.rundir import layout, store
 from medlite.rundir.card import write_model_card
+from medlite.rundir.trust import fit_trust
 from medlite.utils import atomic
 from medlite.utils.seed import seed_everything
 
@@ -318,12 +320,15 @@ def train(
 def finish_run(out: Path, cfg: RunConfig, model: nn.Module, data: PreparedData, history_dir: Path) -> dict[str, Any]:
     """Write best weights, history, test metrics, plots and the model card of a finished training run."""
     save_weights(model, out / layout.WEIGHTS)
-    store.save_run_info(out, cfg, model, data.classes)
+    trust = fit_trust(model.eval(), data, out, cfg.preprocess.channels)
+    store.save_run_info(out, cfg, model, data.classes, trust=trust)
     history = store.write_history(history_dir, out)
     if history:
         plot_history(history, out / layout.PLOTS / "learning_curves.png")
     split = data.eval_split
-    metrics = evaluate_split(model.eval(), data, split, cfg.preprocess.channels, out / layout.PLOTS)
+    metrics = evaluate_split(model.eval(), data, split, cfg.preprocess.channels, out / layout.PLOTS,
+                             calibrator=Calibrator.from_dict(trust["calibration"]))
+    metrics.update(trust["report"])
     atomic.write_json(out / layout.METRICS, metrics)
     write_model_card(out, cfg, data, metrics, split, n_params=sum(p.numel() for p in model.parameters()),
                      notes=get_paradigm(cfg.train.paradigm).notes(out))
