@@ -49,7 +49,7 @@ def run_contract(run_dir: str | Path) -> dict[str, Any]:
         (pixels), ``mean`` / ``std`` (on the [0, 1] intensity scale), ``preprocess`` (every
         :class:`~medlite.data.preprocess.PreprocessConfig` field, ``dicom_window`` included; settings an old
         ``run.json`` lacks are filled with what that run used), ``intensity`` (the convention in words),
-        ``output`` (``"logits"``), ``calibration`` and ``ood_gate`` (:mod:`medlite.rundir.trust`; absent for
+        ``output`` (``"logits"``), ``calibration`` and ``ood_gate`` (:mod:`medlite.workflows.trust`; absent for
         older runs) and, for two classes, ``threshold`` (operating point on the calibrated probability of
         ``positive_class`` tuned on the validation split, or ``None`` when ``metrics.json`` has none).
     """

@@ -1,7 +1,7 @@
 """Calibration, the OOD gate and input checks at prediction time, torch-free (run directories and ONNX alike).
 
 A model's contract (:mod:`medlite.deploy.contract`) names its calibration and its gate
-(:mod:`medlite.rundir.trust` fits both at the end of training); :class:`Trust` applies them to a batch's
+(:mod:`medlite.workflows.trust` fits both at the end of training); :class:`Trust` applies them to a batch's
 logits and pooled features, and decides each prediction's status:
 
 * ``ok``;

@@ -42,7 +42,7 @@ def evaluate_split(model: nn.Module, data: PreparedData, split: str, in_chans: i
         split: ``train``, ``val`` or ``test``.
         in_chans: channels the model expects.
         plot_dir: where to write ``roc_<split>.png`` and ``confusion_<split>.png``; ``None`` writes none.
-        calibrator: the run's calibration (:mod:`medlite.rundir.trust`): probabilities, ECE and the binary
+        calibrator: the run's calibration (:mod:`medlite.workflows.trust`): probabilities, ECE and the binary
             threshold are then those of the calibrated model, as every predicting path serves it.
 
     Returns:

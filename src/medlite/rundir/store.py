@@ -54,7 +54,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 def save_run_info(out: Path, cfg: RunConfig, model: nn.Module, classes: list[str],
                   trust: dict[str, Any] | None = None) -> None:
     """The model's contract: classes, architecture, the preprocessing every later step must reuse and (``trust``,
-    from :func:`medlite.rundir.trust.fit_trust`) the calibration and OOD gate every predicting path applies."""
+    from :func:`medlite.workflows.trust.fit_trust`) the calibration and OOD gate every predicting path applies."""
     atomic.write_json(
         out / layout.RUN_INFO,
         {

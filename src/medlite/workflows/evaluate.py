@@ -20,7 +20,7 @@ from medlite.metrics.split_eval import evaluate_split
 from medlite.models.inputs import embed_images, model_input_fn
 from medlite.paradigms.domain_gap import adaptation_summary
 from medlite.rundir import layout, store
-from medlite.rundir.trust import run_calibrator
+from medlite.workflows.trust import run_calibrator
 from medlite.utils import atomic
 
 _SPLITS = ("train", "val", "test")

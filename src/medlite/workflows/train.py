@@ -41,7 +41,7 @@ from medlite.models.selection import select_weights
 from medlite.paradigms import get_paradigm
 from medlite.rundir import layout, store
 from medlite.rundir.card import write_model_card
-from medlite.rundir.trust import fit_trust
+from medlite.workflows.trust import fit_trust
 from medlite.utils import atomic
 from medlite.utils.seed import seed_everything
 
