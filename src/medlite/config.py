@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     # SimCLR pre-training (paradigms simclr, simclr-pw; METHODS.md §7): NT-Xent tau, length of the SimCLR phase.
     temperature: float = Field(0.5, gt=0.0)
     pretrain_epochs: int = Field(100, ge=1)
+    # Under DDP (--devices/--num-nodes), NT-Xent negatives from every process's batch, not only the local one:
+    # the loss then does not depend on how the global batch is split (README "Several machines").
+    simclr_gather_distributed: bool = True
     # Extra sources whose images (labels ignored; their train split when they define splits) join the SimCLR
     # training images; the labelled source's training split is always used.
     unlabelled: list[str] = Field(default_factory=list)

@@ -61,3 +61,61 @@ def test_ntxent_rejects_bad_shapes() -> None:
         NTXentLoss()(torch.randn(4, 8), torch.randn(5, 8))
     with pytest.raises(MedliteError, match="at least 2"):
         NTXentLoss()(torch.randn(1, 8), torch.randn(1, 8))
+
+
+def _init_gloo(rank: int, world: int, store_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+
+
+def test_gather_distributed_is_a_no_op_without_other_processes(tmp_path) -> None:
+    import torch.distributed as dist
+
+    z0, z1 = torch.randn(6, 16), torch.randn(6, 16)
+    plain = NTXentLoss(0.5)(z0, z1)
+    assert NTXentLoss(0.5, gather_distributed=True)(z0, z1).item() == plain.item()  # no process group
+    _init_gloo(0, 1, str(tmp_path / "store"))
+    try:
+        assert NTXentLoss(0.5, gather_distributed=True)(z0, z1).item() == plain.item()  # world size 1
+    finally:
+        dist.destroy_process_group()
+
+
+def _gathered_worker(rank: int, world: int, store_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    _init_gloo(rank, world, store_file)
+    z0, z1 = torch.load(f"{out}/inputs.pt")
+    n = len(z0) // world
+    mine = [z[rank * n:(rank + 1) * n].clone().requires_grad_(True) for z in (z0, z1)]
+    gathered = NTXentLoss(0.5, gather_distributed=True)(*mine)
+    gathered.backward()
+    local = NTXentLoss(0.5)(mine[0].detach(), mine[1].detach())
+    torch.save({"gathered": gathered.detach(), "local": local, "grads": [z.grad for z in mine]},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_loss_over_two_processes_equals_one_process_on_the_concatenated_batch(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(8, 16), torch.randn(8, 16)
+    torch.save((z0, z1), tmp_path / "inputs.pt")
+    mp.spawn(_gathered_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    full = [z.clone().requires_grad_(True) for z in (z0, z1)]
+    expected = NTXentLoss(0.5)(*full)
+    expected.backward()
+    # DDP averages the processes' losses and gradients: the mean of the two per-process losses is the loss of one
+    # process holding all 8 images, and each process's gradient / 2 is that process's slice of its gradient.
+    mean = (ranks[0]["gathered"] + ranks[1]["gathered"]) / 2
+    assert mean.item() == pytest.approx(expected.item(), rel=1e-6)
+    for r, result in enumerate(ranks):
+        for view in range(2):
+            torch.testing.assert_close(result["grads"][view] / 2, full[view].grad[r * 4:(r + 1) * 4],
+                                       rtol=1e-5, atol=1e-7)
+    # Without gathering each process contrasts its 4 images among themselves: a different (easier) loss.
+    assert (ranks[0]["local"] + ranks[1]["local"]).item() / 2 != pytest.approx(expected.item(), rel=1e-3)

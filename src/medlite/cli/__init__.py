@@ -154,6 +154,9 @@ def train(
                                                               "random")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(help="simclr-pw: epochs of the SimCLR phase")] = None,
     temperature: Annotated[float | None, typer.Option(help="simclr: NT-Xent temperature")] = None,
+    simclr_gather_distributed: Annotated[bool | None, typer.Option(
+        "--simclr-gather-distributed/--no-simclr-gather-distributed", help="simclr, under DDP: NT-Xent negatives "
+        "from every process's batch (default) or only the local one")] = None,
     unlabelled: Annotated[list[str] | None, typer.Option(help="simclr, simclr-pw: another source (or plain image "
                                                               "folder) whose images join SimCLR pre-training, "
                                                               "labels ignored (repeat for several)")] = None,
@@ -210,10 +213,13 @@ def train(
         devices=devices, num_nodes=num_nodes, deterministic=deterministic,
         group_from_filename=_group(group_from_filename), strict=strict, split_from=split_from, resume=resume,
         pretrain_epochs=pretrain_epochs,
-        temperature=temperature, unlabelled=unlabelled or None, teacher=teacher or None, teacher_model=teacher_model,
+        temperature=temperature, simclr_gather_distributed=simclr_gather_distributed,
+        unlabelled=unlabelled or None, teacher=teacher or None, teacher_model=teacher_model,
         teacher_init=teacher_init,
         kd_alpha=kd_alpha, kd_temperature=kd_temperature, target=target, coral_weight=coral_weight,
     )
+    if result.rank:
+        return  # torchrun/srun: rank 0 prints the summary once
     from medlite.metrics.auc import auc_summary
 
     m = result.metrics

@@ -50,6 +50,7 @@ class SimCLRTask(ClassifierTask):
     Args:
         model: the zoo model; its classifier is untouched during pre-training.
         temperature: NT-Xent tau (0.5 for batches up to 512, METHODS.md §7).
+        gather_distributed: under DDP, NT-Xent negatives from every process's batch (:class:`NTXentLoss`).
         projection_dim: output width of the projection head (128); its hidden width is ``model.num_features``.
         knn_images: uint8 (N, S, S) array holding the kNN reference images (usually the preprocessing cache).
         knn_indices: int (M,) indices of labelled training images in ``knn_images`` used as the kNN bank.
@@ -66,6 +67,7 @@ class SimCLRTask(ClassifierTask):
         model: nn.Module,
         *,
         temperature: float = 0.5,
+        gather_distributed: bool = True,
         projection_dim: int = 128,
         knn_images: np.ndarray | None = None,
         knn_indices: np.ndarray | None = None,
@@ -78,7 +80,7 @@ class SimCLRTask(ClassifierTask):
         super().__init__(model, **kwargs)
         self.views = SimCLRViews(views)
         self.projection = SimCLRProjectionHead(model.num_features, model.num_features, projection_dim)
-        self.criterion = NTXentLoss(temperature)
+        self.criterion = NTXentLoss(temperature, gather_distributed=gather_distributed)
         self.knn_images = knn_images
         self.knn_indices = np.zeros(0, np.int64) if knn_indices is None else np.asarray(knn_indices, np.int64)
         self.knn_labels = np.zeros(0, np.int64) if knn_labels is None else np.asarray(knn_labels, np.int64)
@@ -96,6 +98,7 @@ class SimCLRTask(ClassifierTask):
         return cls(
             model,
             temperature=cfg.train.temperature,
+            gather_distributed=cfg.train.simclr_gather_distributed,
             knn_images=data.cached.images,
             knn_indices=labelled,
             knn_labels=data.cached.labels[labelled],

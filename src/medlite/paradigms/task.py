@@ -177,7 +177,9 @@ class ClassifierTask(pl.LightningModule):
         torch.manual_seed(derive_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
         images, targets = batch
         loss = self.training_loss(self.prepare_inputs(images, train=True), targets)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets))
+        # sync_dist: under DDP the logged loss is the mean over every process's batch (a no-op in one process).
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets),
+                 sync_dist=True)
         return loss
 
     # -- validation -------------------------------------------------------------------------------------
@@ -211,8 +213,9 @@ class ClassifierTask(pl.LightningModule):
     def log_validation(self, probs: torch.Tensor, targets: torch.Tensor, acc_name: str = "val_acc") -> None:
         """Log ``acc_name`` and ``val_auc`` (which checkpointing and early stopping follow)."""
         acc, auc = self.validation_scores(probs, targets)
-        self.log(acc_name, acc, prog_bar=True)
-        self.log("val_auc", auc, prog_bar=True)
+        # Already gathered from every process, so identical on each: sync_dist averages equal numbers.
+        self.log(acc_name, acc, prog_bar=True, sync_dist=True)
+        self.log("val_auc", auc, prog_bar=True, sync_dist=True)
 
     # -- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):  # noqa: ANN201 (Lightning's return type is a union of many shapes)

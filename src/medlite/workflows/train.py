@@ -44,6 +44,7 @@ from medlite.rundir.card import write_model_card
 from medlite.workflows.trust import fit_trust
 from medlite.utils import atomic
 from medlite.utils.seed import seed_everything
+from medlite.workflows.launch import check_world_size, ddp_strategy, external_launch, follow_rank_zero, sync_ranks
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainResult:
     wall_time_s: float
     best_val_auc: float | None
     synthetic: bool = False  # trained on generated phantoms, not X-rays (say so beside every figure)
+    rank: int = 0  # global rank under torchrun/srun; only rank 0 wrote the run directory
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -121,6 +123,9 @@ def quiet_lightning() -> Iterator[None]:
         # On 2 cores with a memmap the main process is the fastest loader; Lightning suggests workers.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        # DDP: channels_last gradients on CPU (harmless copy) and the collective Lightning's all_gather calls.
+        warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")
+        warnings.filterwarnings("ignore", message=".*distributed.nn.functional.all_gather is deprecated.*")
         for lg in loggers:
             lg.setLevel(logging.WARNING)
         try:
@@ -150,10 +155,8 @@ def _trainer(cfg: RunConfig, out: Path, has_val: bool, callbacks: Sequence[Any],
     accelerator = t.accelerator if t.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     strategy: Any = "auto"
     if t.devices * t.num_nodes > 1:
-        # Spawned workers keep the Python API usable from notebooks and tests; gloo is the CPU backend.
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo" if accelerator == "cpu" else None)
+        # Spawned workers (the Python API stays usable from notebooks), unless torchrun/srun started the ranks.
+        strategy = ddp_strategy(accelerator, external_launch())
     return pl.Trainer(
         default_root_dir=out, max_epochs=t.epochs, accelerator=accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=strategy, precision="bf16-mixed" if accelerator == "cuda" else "32-true",
@@ -255,8 +258,13 @@ def train(
     """
     started = time.perf_counter()
     out = Path(out)
+    launch = external_launch()  # torchrun/srun: one rank per process, rank 0 writes (medlite.workflows.launch)
+    if launch is not None and launch.rank > 0:
+        return follow_rank_zero(launch, config, out=out, resume=resume, callbacks=callbacks, progress=progress,
+                                **overrides)
     cfg = _resolve(config, out, resume, overrides)
     t = cfg.train
+    check_world_size(launch, t.devices, t.num_nodes)
     synthetic = is_synthetic(cfg.data.source)
     if synthetic:
         warnings.warn(f"training on generated phantoms ({cfg.data.source}), not on X-rays: its figures say "
@@ -308,6 +316,7 @@ def train(
     task.to(memory_format=torch.contiguous_format)
     task.finalize(data, out)  # e.g. SimCLR's encoder + linear probe, DG's AdaBN
     metrics = finish_run(out, cfg, model, data, history_dir=out / layout.LOGS)
+    sync_ranks()  # the other ranks of a torchrun/srun job wait for the finished run directory
     # Read back from history.csv rather than the trainer: with spawned DDP workers the trainer in this
     # process never sees the epochs run or the best score.
     history = store.read_history(out)
