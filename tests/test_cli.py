@@ -121,7 +121,13 @@ def test_train_evaluate_profile_compare(trained, tmp_path):
     assert result.exit_code == 0, result.output
     html = (tmp_path / "report.html").read_text()
     assert "hybridnet_xr_50" in html and "data:image/png;base64" in html
-    assert "hybridnet_xr_50" in (tmp_path / "report.md").read_text()
+    assert 'alt="reliability of' in html  # the run's reliability diagram, embedded
+    markdown = (tmp_path / "report.md").read_text()
+    header, _, row = [line for line in markdown.splitlines() if line.startswith("|")][:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")], strict=True))
+    calibrated = json.loads((trained / "metrics.json").read_text())["calibration"]["after"]["ece"]
+    assert cells["model"] == "hybridnet_xr_50" and cells["ECE"] == f"{calibrated:.3f}"
+    assert cells["OOD flagged"].endswith("%")
 
 
 def test_class_absent_from_the_test_split_is_reported_not_averaged_away(phantoms, tmp_path):

@@ -22,8 +22,11 @@ TRAIN = ["--model", "hybridnet_xr_50", "--img-size", "32", "--batch-size", "8", 
 
 def _medlite(*args: object, env: dict[str, str]) -> subprocess.Popen:
     # The installed console script, as a user runs it (it sits beside the interpreter in a venv).
+    # SIGINT back to its default: a suite started in the background (nohup ... &) hands its children an ignored
+    # SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt.
     return subprocess.Popen([str(Path(sys.executable).with_name("medlite")), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:

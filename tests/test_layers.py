@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("api",),
     ("serve",),
     ("cli",),
+    ("__main__",),  # python -m medlite: the command line as a module (torchrun -m medlite ...)
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 #: Old module paths kept as deprecated aliases (see medlite.utils.deprecation); they import nothing themselves.

@@ -30,6 +30,8 @@ _LAZY = {
     "synthesize": "medlite.api",
     "model_table": "medlite.api",
     "evaluate_prototypes": "medlite.api",
+    "evaluate_ood": "medlite.api",
+    "calibrate": "medlite.api",
     "select_weights": "medlite.api",
     "open_source": "medlite.data.sources",
     "MedliteError": "medlite.errors",

@@ -118,6 +118,23 @@ def evaluate_prototypes(run_dir: str | Path, *, split: str = "test", k_shot: int
                                     out=out)
 
 
+def evaluate_ood(run_dir: str | Path, sources: list[str | Path], *, out: str | Path | None = None) -> dict[str, Any]:
+    """The run's OOD gate against ``sources`` of images unlike its data (AUROC, FPR at 95 % TPR, share flagged,
+    and the accuracy of the kept images); see :func:`medlite.workflows.ood_eval.evaluate_ood`."""
+    from medlite.workflows.ood_eval import evaluate_ood as _evaluate_ood
+
+    return _evaluate_ood(run_dir, sources, out=out)
+
+
+def calibrate(run_dir: str | Path) -> dict[str, Any]:
+    """Fit (or refit) the calibration and OOD gate of a finished run, e.g. one trained before medlite had them;
+    rewrites ``run.json``, ``metrics.json`` and the model card (see :func:`medlite.workflows.trust.calibrate_run`).
+    """
+    from medlite.workflows.trust import calibrate_run
+
+    return calibrate_run(run_dir)
+
+
 def paradigm_summary(run_dir: str | Path) -> list[str]:
     """Lines a paradigm leaves about its run directory (ProtoNet episodes, the dual-skd student kept ...)."""
     from medlite.paradigms import get_paradigm

@@ -19,7 +19,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from medlite import api
-from medlite.cli.render import console_table, format_inspection, format_metrics, format_predictions, format_profile
+from medlite.cli.render import (
+    console_table,
+    format_inspection,
+    format_metrics,
+    format_ood,
+    format_predictions,
+    format_profile,
+    format_trust,
+)
 from medlite.errors import MedliteError
 
 app = typer.Typer(help="Lightweight chest X-ray classifiers: build, train, compare, explain, deploy.",
@@ -244,8 +252,18 @@ def evaluate(
     k_shot: Annotated[int, typer.Option(help="--prototypes: support images per class in test episodes")] = 5,
     q_query: Annotated[int, typer.Option(help="--prototypes: query images per class in test episodes")] = 15,
     episodes: Annotated[int, typer.Option(help="--prototypes: test episodes")] = 600,
+    ood: Annotated[list[str] | None, typer.Option(help="a source of images unlike the run's data (repeatable): "
+                                                       "how well the OOD gate flags them (writes RUNDIR/eval-ood)"
+                                                  )] = None,
 ) -> None:
     """Score a run on its test split (or another source) and write metrics.json."""
+    if ood:
+        if data is not None or prototypes:
+            raise MedliteError("--ood scores the gate against the run's own split; drop --data and --prototypes")
+        result = api.evaluate_ood(run_dir, list(ood), out=out)
+        console.print(format_ood(result))
+        console.print(f"wrote {result['out'] / 'metrics.json'}")
+        return
     if prototypes:
         if data is not None:
             raise MedliteError("--prototypes scores the run's own split; drop --data")
@@ -265,6 +283,15 @@ def evaluate(
         console.print(f"AdaBN on {data}: accuracy {a['source_bn']['accuracy']:.3f} -> {a['adabn']['accuracy']:.3f} "
                       f"(source batch-norm statistics -> target statistics)")
     console.print(f"wrote {api.evaluation_dir(run_dir, data, out) / 'metrics.json'}")
+
+
+@app.command()
+@friendly_errors
+def calibrate(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """Fit the calibration and OOD gate of a run trained before medlite had them (or refit them)."""
+    metrics = api.calibrate(run_dir)
+    console.print(format_trust(metrics))
+    console.print(f"wrote {run_dir / 'run.json'}, {run_dir / 'metrics.json'} and the model card")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from medlite.metrics.report import auc_cell, format_cell, pareto_front
 
@@ -80,7 +81,39 @@ def format_metrics(metrics: Mapping[str, Any], *, digits: int = 3) -> Table:
                            *(_fmt(point[key], digits) for key in
                              ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1")))
         grid.add_row(points)
+    if metrics.get("calibration"):
+        grid.add_row(format_trust(metrics))
     return grid
+
+
+def format_trust(metrics: Mapping[str, Any], *, digits: int = 3) -> Group:
+    """The ``calibration`` and ``ood`` entries of a ``metrics.json``: ECE / Brier / NLL before and after
+    calibration, and the share of the split's images the OOD gate flags."""
+    cal = metrics["calibration"]
+    table = _table(f"calibration ({cal['split']} split)", ("measure", "before", "after"))
+    for label, key in (("ECE (top label)", "ece"), ("Brier score", "brier"), ("NLL", "nll")):
+        table.add_row(label, _fmt(cal["before"].get(key), digits), _fmt(cal["after"].get(key), digits))
+    lines = [f"temperature T = {cal['temperature']:.3f}, fitted on the validation split" if cal["method"] ==
+             "temperature" else f"calibration: {cal['method']} (no validation split to fit it on)"]
+    ood = metrics.get("ood")
+    if ood:
+        lines.append(f"OOD gate ({ood['method']}, threshold {ood['threshold']:.4g}): flags {ood['flagged']:.1%} of "
+                     f"the {ood['split']} images")
+    return Group(table, *(Text(line) for line in lines))
+
+
+def format_ood(result: Mapping[str, Any], *, digits: int = 3) -> Group:
+    """An :func:`medlite.api.evaluate_ood` result: one row per OOD source, the run's own split first."""
+    ind = result["in_distribution"]
+    table = _table(f"OOD gate ({result['method']}, threshold {result['threshold']:.4g}) against the "
+                   f"{result['split']} split", ("images", "n", "AUROC", "FPR at 95% TPR", "flagged"))
+    table.add_row(f"{result['split']} split (in-distribution)", str(ind["n"]), "", "", f"{ind['flagged']:.1%}")
+    for name, row in result["ood"].items():
+        table.add_row(name, str(row["n"]), _fmt(row["auroc"], digits), _fmt(row["fpr_at_95_tpr"], digits),
+                      f"{row['flagged']:.1%}")
+    kept = Text(f"withholding the flagged {result['split']} images keeps {ind['coverage']:.1%} of them; accuracy "
+                f"{ind['accuracy_all']:.3f} -> {ind['accuracy_kept']:.3f} on those kept")
+    return Group(table, kept)
 
 
 def format_predictions(rows: Sequence[Mapping[str, Any]], *, limit: int) -> Table:

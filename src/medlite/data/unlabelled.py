@@ -52,18 +52,20 @@ def _image_folder(root: Path, *, strict: bool) -> Source:
     return Source("folder", str(root), [UNLABELLED], records, read_file_record, parts, skipped)
 
 
-def load_unlabelled(spec: str | Path, cfg: DataSettings, *,
-                    option: str = "--unlabelled") -> tuple[np.ndarray, np.ndarray]:
+def load_unlabelled(spec: str | Path, cfg: DataSettings, *, option: str = "--unlabelled",
+                    every_split: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess ``spec`` like the run ``cfg``'s own data.
 
     Args:
         spec: an unlabelled source (see :func:`open_unlabelled`).
         cfg: the run's :class:`~medlite.config.RunConfig` (preprocessing, strictness, phantom settings, seed).
         option: the option that named ``spec``, for error messages.
+        every_split: use all of a split source's images, not its ``train`` split only (images scored, never
+            trained on).
 
     Returns:
         ``(images, indices)``: the uint8 (N, S, S) cache array and the int64 indices of the images to use
-        (its ``train`` split when the source defines splits, else all); at least 2.
+        (its ``train`` split when the source defines splits and not ``every_split``, else all); at least 2.
 
     Raises:
         DataError: the source cannot be read or holds fewer than 2 usable images.
@@ -76,7 +78,8 @@ def load_unlabelled(spec: str | Path, cfg: DataSettings, *,
     except DataError as err:
         raise DataError(f"{option} {spec}: {err}") from None
     splits = np.asarray([source.records[i].split for i in cached.record_indices], dtype=object)
-    use = np.flatnonzero(splits == "train") if source.has_splits else np.arange(len(cached.record_indices))
+    every = np.arange(len(cached.record_indices))
+    use = np.flatnonzero(splits == "train") if source.has_splits and not every_split else every
     if len(use) < 2:
         raise DataError(f"{option} {spec}: needs at least 2 readable images, found {len(use)}")
     return cached.images, use.astype(np.int64)

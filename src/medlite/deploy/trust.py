@@ -48,8 +48,8 @@ class Trust:
             self.gate = OODGate.load(path)
         missing = [what for what, absent in (("calibration", "calibration" not in contract),
                                               ("OOD gate", self.gate is None)) if absent]
-        self.note = (f"this model has no {' and no '.join(missing)} (exported before medlite had them); "
-                     "re-train or re-export it to get them") if missing else None
+        self.note = (f"this model has no {' and no '.join(missing)} (made before medlite had them); add them with "
+                     "medlite calibrate RUNDIR, then export the run again") if missing else None
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """float64 (B, C) calibrated probabilities of (B, C) or single-logit (B,) / (B, 1) logits."""

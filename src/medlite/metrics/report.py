@@ -11,6 +11,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 COSTS = {  # key in a row -> axis label
@@ -65,6 +66,8 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
         "MACs (M)",
         "peak train mem (MB)",
         "latency p50 (ms)",
+        "ECE",
+        "OOD flagged",
         "frontier",
     ]
     body = []
@@ -81,10 +84,29 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 f"{row['macs'] / 1e6:.1f}",
                 format_cell(row["peak_train_mem_mb"], ".0f"),
                 format_cell(row["latency_ms_p50"], ".2f"),
+                format_cell(row.get("ece")) + ("" if row.get("calibrated") or row.get("ece") is None else " (raw)"),
+                "n/a" if row.get("ood_flagged") is None else f"{row['ood_flagged']:.1%}",
                 "★" if on_front else "",
             ]
         )
     return header, body
+
+
+_TRUST_NOTE = ("ECE: after the run's calibration (raw = a run without one: `medlite calibrate RUNDIR`); OOD flagged: "
+               "the share of the test split the run's OOD gate flags (about 1 % expected).")
+
+
+def _reliability_images(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's reliability diagram (``plots/reliability_<split>.png``), embedded as base64 PNG."""
+    images = []
+    for row in rows:
+        path = row.get("reliability_plot")
+        if path and Path(path).is_file():
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            images.append(f'<figure><img alt="reliability of {html.escape(row["run"])}" '
+                          f'src="data:image/png;base64,{data}"><figcaption>{html.escape(row["run"])}</figcaption>'
+                          "</figure>")
+    return images
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -92,7 +114,7 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     header, body = _table_rows(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n\n★ Pareto-optimal for accuracy vs peak training memory.\n"
+    return "\n".join(lines) + f"\n\n★ Pareto-optimal for accuracy vs peak training memory. {_TRUST_NOTE}\n"
 
 
 def frontier_plot(rows: Sequence[dict[str, Any]], cost: str) -> bytes | None:
@@ -143,6 +165,7 @@ def to_html(rows: Sequence[dict[str, Any]]) -> str:
             images.append(
                 f'<img alt="accuracy vs {cost}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
             )
+    reliability = _reliability_images(rows)
     missing = [r["run"] for r in rows if r.get("peak_train_mem_mb") is None]
     note = (
         (
@@ -155,10 +178,13 @@ def to_html(rows: Sequence[dict[str, Any]]) -> str:
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{margin:8px}"
+        "figure{display:inline-block;margin:0}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>medlite compare</title><style>{style}</style>"
         f"</head><body><h1>medlite compare</h1>{table}<p>★ Pareto-optimal for accuracy vs peak training "
-        f"memory. Accuracy CIs: 1,000 bootstrap resamples of each run's test split.</p>{note}"
-        f"<h2>Performance frontier</h2>{''.join(images)}</body></html>\n"
+        f"memory. Accuracy CIs: 1,000 bootstrap resamples of each run's test split. {html.escape(_TRUST_NOTE)}</p>"
+        f"{note}<h2>Performance frontier</h2>{''.join(images)}"
+        + (f"<h2>Calibration (reliability on the test split)</h2>{''.join(reliability)}" if reliability else "")
+        + "</body></html>\n"
     )

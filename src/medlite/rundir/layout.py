@@ -56,6 +56,7 @@ EPISODIC = "episodic.json"  # ProtoNet runs and eval-prototypes/: episodic test 
 DUAL_SKD = "dual_skd.json"  # dual-skd: which student was kept and why
 SOURCE_BN_DIR = "source_bn"  # dg: the model before AdaBN, as a run directory
 PROTOTYPES_DIR = "eval-prototypes"  # medlite evaluate --prototypes
+OOD_EVAL_DIR = "eval-ood"  # medlite evaluate --ood: the gate against other sources
 
 
 def eval_dir(run_dir: str | Path, data: str | Path) -> Path:

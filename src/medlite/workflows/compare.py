@@ -24,6 +24,8 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         metrics = atomic.read_json(run / layout.METRICS)
         model, cfg, info = store.load_run_model(run)
         profile = atomic.read_json(run / layout.PROFILE) if (run / layout.PROFILE).is_file() else {}
+        calibration, ood = metrics.get("calibration"), metrics.get("ood")
+        reliability = run / layout.PLOTS / f"reliability_{calibration['split']}.png" if calibration else None
         rows.append(
             {
                 "run": run.name,
@@ -45,6 +47,11 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "auc_classes": len(metrics.get("auc_classes") or []),
                 "n_classes": len(metrics.get("per_class") or {}),
                 "macro_f1": metrics["macro_f1"],
+                # runs trained before calibration existed: their uncalibrated ECE, and no reliability diagram
+                "ece": calibration["after"]["ece"] if calibration else metrics.get("ece"),
+                "calibrated": calibration is not None and calibration["method"] != "none",
+                "ood_flagged": ood["flagged"] if ood else None,
+                "reliability_plot": str(reliability) if reliability is not None and reliability.is_file() else None,
                 "params": count_parameters(model),
                 "macs": profile.get("macs")
                 or count_macs(model, info["input_size"], in_chans=info["in_chans"]),

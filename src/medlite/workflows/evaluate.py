@@ -20,8 +20,8 @@ from medlite.metrics.split_eval import evaluate_split
 from medlite.models.inputs import embed_images, model_input_fn
 from medlite.paradigms.domain_gap import adaptation_summary
 from medlite.rundir import layout, store
-from medlite.workflows.trust import run_calibrator
 from medlite.utils import atomic
+from medlite.workflows.trust import run_calibrator
 
 _SPLITS = ("train", "val", "test")
 
@@ -55,6 +55,10 @@ def evaluate_run(
     with torch.inference_mode():
         metrics = evaluate_split(model, prepared, split, info["in_chans"], target / layout.PLOTS,
                                  calibrator=run_calibrator(info))
+    if target.resolve() == run_dir.resolve() and (run_dir / layout.METRICS).is_file():
+        # The run's own metrics.json also holds what training recorded (calibration, OOD gate, paradigm
+        # entries); re-scoring replaces only what it recomputes.
+        metrics = {**atomic.read_json(run_dir / layout.METRICS), **metrics}
     atomic.write_json(target / layout.METRICS, metrics)
     return metrics
 

@@ -11,14 +11,13 @@ user instead starts one ``medlite train`` per device on every node::
 Lightning recognises these launchers by their environment variables (the same cluster environments it detects
 itself, in its order: torchelastic, SLURM, LSF, MPI). Then every process is already one rank: the strategy must
 not spawn workers of its own, and only global rank 0 writes the run directory. The other ranks train alongside
-it (:func:`follow_rank_zero`), wait at a barrier until rank 0 has written the weights, metrics and model card,
+it (``medlite.workflows.train``), wait at a barrier until rank 0 has written the weights, metrics and model card,
 and return what it wrote. The run directory must be on a filesystem every node sees for ``--resume`` and
 ``simclr-pw`` (every rank reads ``last.ckpt`` and the SimCLR phase's encoder).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,6 @@ from medlite.errors import MedliteError
 
 if TYPE_CHECKING:
     from medlite.config import RunConfig
-    from medlite.workflows.train import TrainResult
 
 
 @dataclass(frozen=True)
@@ -107,42 +105,3 @@ def follower_config(config: RunConfig | str | Path | None, out: Path, resume: bo
     else:
         cfg = build_config(None, **overrides)
     return cfg.with_absolute_paths()
-
-
-def follow_rank_zero(launch: Launch, config: RunConfig | str | Path | None, *, out: Path, resume: bool,
-                     callbacks: Sequence[Any], progress: bool, **overrides: Any) -> TrainResult:
-    """Train as rank ``launch.rank`` > 0: the same data, split and model as rank 0, nothing written.
-
-    Returns rank 0's result, read from the run directory after the closing barrier (``metrics`` is empty when
-    that directory is not visible from this node).
-    """
-    import time
-
-    from medlite.data.prepared import prepare_data
-    from medlite.data.sources import is_synthetic
-    from medlite.rundir import layout, store
-    from medlite.utils import atomic
-    from medlite.utils.seed import seed_everything
-    from medlite.workflows import train as workflow
-
-    started = time.perf_counter()
-    cfg = follower_config(config, out, resume, overrides)
-    t = cfg.train
-    check_world_size(launch, t.devices, t.num_nodes)
-    seed_everything(t.seed, t.deterministic)
-    # The split is a function of the config (and of rank 0's manifest when resuming): every rank draws the same.
-    data = prepare_data(cfg, manifest=out / layout.SPLITS if resume else None, progress=False)
-    _, task, datamodule, has_val = workflow._build_task(cfg, data, out, resume, callbacks, progress)
-    ckpt_path = out / layout.LAST_CKPT if resume and (out / layout.LAST_CKPT).is_file() else None
-    with workflow.quiet_lightning():
-        trainer, _ = workflow._trainer(cfg, out, has_val, callbacks, progress,
-                                       early_stopping=task.supports_early_stopping)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-    sync_ranks()  # rank 0 has written model.safetensors, metrics.json and the card
-    finished = (out / layout.METRICS).is_file()
-    history = store.read_history(out) if finished else []
-    val_aucs = [float(r["val_auc"]) for r in history if r.get("val_auc")]
-    return workflow.TrainResult(run_dir=out, metrics=atomic.read_json(out / layout.METRICS) if finished else {},
-                                epochs_run=len(history), wall_time_s=time.perf_counter() - started,
-                                best_val_auc=max(val_aucs, default=None), synthetic=is_synthetic(cfg.data.source),
-                                rank=launch.rank)

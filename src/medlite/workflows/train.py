@@ -32,19 +32,23 @@ from medlite.data.sources import is_synthetic
 from medlite.data.splits import SplitManifest
 from medlite.data.unlabelled import StackedImages, load_unlabelled
 from medlite.errors import MedliteError
-from medlite.metrics.calibration import Calibrator
 from medlite.metrics.plots import plot_history
-from medlite.metrics.split_eval import evaluate_split
 from medlite.models import create_model
 from medlite.models.checkpoint import load_weights, save_weights
 from medlite.models.selection import select_weights
 from medlite.paradigms import get_paradigm
 from medlite.rundir import layout, store
-from medlite.rundir.card import write_model_card
-from medlite.workflows.trust import fit_trust
 from medlite.utils import atomic
 from medlite.utils.seed import seed_everything
-from medlite.workflows.launch import check_world_size, ddp_strategy, external_launch, follow_rank_zero, sync_ranks
+from medlite.workflows.launch import (
+    Launch,
+    check_world_size,
+    ddp_strategy,
+    external_launch,
+    follower_config,
+    sync_ranks,
+)
+from medlite.workflows.trust import score_run
 
 
 @dataclass
@@ -260,7 +264,7 @@ def train(
     out = Path(out)
     launch = external_launch()  # torchrun/srun: one rank per process, rank 0 writes (medlite.workflows.launch)
     if launch is not None and launch.rank > 0:
-        return follow_rank_zero(launch, config, out=out, resume=resume, callbacks=callbacks, progress=progress,
+        return _follow_rank_zero(launch, config, out=out, resume=resume, callbacks=callbacks, progress=progress,
                                 **overrides)
     cfg = _resolve(config, out, resume, overrides)
     t = cfg.train
@@ -326,21 +330,41 @@ def train(
                        synthetic=synthetic)
 
 
+def _follow_rank_zero(launch: Launch, config: RunConfig | str | Path | None, *, out: Path, resume: bool,
+                      callbacks: Sequence[Any], progress: bool, **overrides: Any) -> TrainResult:
+    """Train as rank ``launch.rank`` > 0 of a torchrun/srun job: the same data, split and model as rank 0,
+    nothing written. Returns rank 0's result, read from the run directory after the closing barrier
+    (``metrics`` is empty when that directory is not visible from this node)."""
+    started = time.perf_counter()
+    cfg = follower_config(config, out, resume, overrides)
+    t = cfg.train
+    check_world_size(launch, t.devices, t.num_nodes)
+    seed_everything(t.seed, t.deterministic)
+    # The split is a function of the config (and of rank 0's manifest when resuming): every rank draws the same.
+    data = prepare_data(cfg, manifest=out / layout.SPLITS if resume else None, progress=False)
+    _, task, datamodule, has_val = _build_task(cfg, data, out, resume, callbacks, progress)
+    ckpt_path = out / layout.LAST_CKPT if resume and (out / layout.LAST_CKPT).is_file() else None
+    with quiet_lightning():
+        trainer, _ = _trainer(cfg, out, has_val, callbacks, progress, early_stopping=task.supports_early_stopping)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    sync_ranks()  # rank 0 has written model.safetensors, metrics.json and the card
+    finished = (out / layout.METRICS).is_file()
+    history = store.read_history(out) if finished else []
+    val_aucs = [float(r["val_auc"]) for r in history if r.get("val_auc")]
+    return TrainResult(run_dir=out, metrics=atomic.read_json(out / layout.METRICS) if finished else {},
+                       epochs_run=len(history), wall_time_s=time.perf_counter() - started,
+                       best_val_auc=max(val_aucs, default=None), synthetic=is_synthetic(cfg.data.source),
+                       rank=launch.rank)
+
+
 def finish_run(out: Path, cfg: RunConfig, model: nn.Module, data: PreparedData, history_dir: Path) -> dict[str, Any]:
-    """Write best weights, history, test metrics, plots and the model card of a finished training run."""
+    """Write best weights, history, calibration and OOD gate, test metrics, plots and the model card of a
+    finished training run."""
     save_weights(model, out / layout.WEIGHTS)
-    trust = fit_trust(model.eval(), data, out, cfg.preprocess.channels)
-    store.save_run_info(out, cfg, model, data.classes, trust=trust)
     history = store.write_history(history_dir, out)
     if history:
         plot_history(history, out / layout.PLOTS / "learning_curves.png")
-    split = data.eval_split
-    metrics = evaluate_split(model.eval(), data, split, cfg.preprocess.channels, out / layout.PLOTS,
-                             calibrator=Calibrator.from_dict(trust["calibration"]))
-    metrics.update(trust["report"])
-    atomic.write_json(out / layout.METRICS, metrics)
-    write_model_card(out, cfg, data, metrics, split, n_params=sum(p.numel() for p in model.parameters()),
-                     notes=get_paradigm(cfg.train.paradigm).notes(out))
+    metrics = score_run(out, cfg, model, data)
     best = out / layout.BEST_CKPT
     if best.exists():
         best.unlink()  # model.safetensors now holds these weights; last.ckpt stays for --resume

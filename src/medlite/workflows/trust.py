@@ -14,10 +14,14 @@ Stored as ``run.json`` entries ``calibration`` and ``ood_gate`` (JSON, the gate'
 ``ood_gate.safetensors``), so that every predicting path (``evaluate``, ``predict``, the ONNX contract and
 ``medlite serve``) applies the same. :func:`trust_report` is what ``metrics.json`` records of it on the test
 split: ECE / Brier / NLL before and after calibration and the share of images the gate flags.
+
+:func:`score_run` is the end of every run (fit both, write ``run.json``, ``metrics.json`` and the model card);
+:func:`calibrate_run` (``medlite calibrate RUNDIR``) does the same for a run trained before medlite had them.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlite.data.prepared import PreparedData
+from medlite.config import RunConfig
+from medlite.data.prepared import PreparedData, prepare_data
 from medlite.metrics.calibration import Calibrator, calibration_summary, plot_reliability, reliability_bins
 from medlite.metrics.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, OODGate
+from medlite.metrics.split_eval import evaluate_split
 from medlite.models.heads import features_and_logits
 from medlite.models.inputs import normalise_batch, probs_from_logits
-from medlite.rundir import layout
+from medlite.paradigms import get_paradigm
+from medlite.rundir import layout, store
+from medlite.rundir.card import write_model_card
+from medlite.utils import atomic
 
 
 @torch.no_grad()
@@ -117,3 +126,50 @@ def run_gate(run_dir: str | Path, info: dict[str, Any]) -> OODGate | None:
     entry = info.get("ood_gate")
     path = Path(run_dir) / (entry or {}).get("file", layout.OOD_GATE)
     return OODGate.load(path) if entry and path.is_file() else None
+
+
+def score_run(out: Path, cfg: RunConfig, model: nn.Module, data: PreparedData,
+              keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit calibration and the OOD gate of ``model`` (the run's final weights), then write ``run.json``,
+    ``metrics.json`` (on ``data.eval_split``, calibrated; ``keep``'s entries stay unless recomputed) and the
+    model card. Returns the metrics."""
+    model.eval()
+    trust = fit_trust(model, data, out, cfg.preprocess.channels)
+    store.save_run_info(out, cfg, model, data.classes, trust=trust)
+    split = data.eval_split
+    with torch.inference_mode():
+        metrics = evaluate_split(model, data, split, cfg.preprocess.channels, out / layout.PLOTS,
+                                 calibrator=Calibrator.from_dict(trust["calibration"]))
+    metrics = {**(keep or {}), **metrics, **trust["report"]}
+    atomic.write_json(out / layout.METRICS, metrics)
+    write_model_card(out, cfg, data, metrics, split, n_params=sum(p.numel() for p in model.parameters()),
+                     notes=get_paradigm(cfg.train.paradigm).notes(out))
+    return metrics
+
+
+def calibrate_run(run_dir: str | Path) -> dict[str, Any]:
+    """Calibrate and gate a finished run (``medlite calibrate RUNDIR``), on its own data and stored split.
+
+    Refits both from the run's weights (a run that has them gets the same result again), rewrites ``run.json``,
+    ``ood_gate.safetensors``, ``metrics.json`` (the test metrics with calibrated probabilities and, for binary
+    runs, the validation threshold re-tuned on them) and the model card; the weights are untouched.
+
+    Returns:
+        the new metrics; ``metrics["stale_exports"]`` lists exported files made before this calibration (they
+        carry the old contract: export again; each is also warned about).
+
+    Raises:
+        MedliteError: not a finished run, or its data cannot be read any more.
+    """
+    model, cfg, _ = store.load_run_model(run_dir)
+    run_dir = Path(run_dir)
+    data = prepare_data(cfg, manifest=run_dir / layout.SPLITS, progress=False)
+    metrics_path = run_dir / layout.METRICS
+    old = atomic.read_json(metrics_path) if metrics_path.is_file() else {}
+    metrics = score_run(run_dir, cfg, model, data, keep=old)
+    exports = run_dir / layout.EXPORT_DIR
+    stale = sorted(str(p) for p in exports.glob("*.onnx")) if exports.is_dir() else []
+    for path in stale:
+        warnings.warn(f"{path}: exported before this calibration, so it predicts without it; "
+                      f"export again: medlite export {run_dir}", UserWarning, stacklevel=2)
+    return {**metrics, "stale_exports": stale}
