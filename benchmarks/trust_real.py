@@ -8,6 +8,8 @@ had calibration):
 * **calibration on a shifted set** (``--shifted SOURCE`` with ``--shifted-classes`` mapping that source's class
   names onto the run's, e.g. adult X-rays ``Normal=normal,Non-COVID=pneumonia``): the same figures there, and
   the share of those images the gate flags;
+* **the exported gate** (``--onnx``): the run exported (fp32 and int8 ONNX) and scored on its test split by
+  ONNX Runtime, against the PyTorch gate: OOD-score differences and agreement of the flags;
 * **the gate** (:func:`medlite.api.evaluate_ood`): AUROC and FPR at 95 % TPR against the test split for each
   ``--ood`` source and for scikit-image photographs, rendered text and noise (written as PNGs to
   ``OUT/generated``, with the generators of ``benchmarks/ood_gate.py``), and the false-refusal rate on the
@@ -37,7 +39,9 @@ from ood_gate import _noise, _photos, _text_pages
 
 from medlite import api
 from medlite.data.files import walk_images
-from medlite.data.prepared import prepare_other_source
+from medlite.data.prepared import prepare_data, prepare_other_source
+from medlite.deploy.classifiers import load_classifier
+from medlite.deploy.prediction import predict_arrays
 from medlite.rundir import layout
 from medlite.rundir.store import load_run_model
 from medlite.utils import atomic
@@ -84,6 +88,28 @@ def _shifted(run: Path, manifest: Path) -> dict[str, Any]:
     return {"n": int(labels.size), "accuracy": accuracy, **report}
 
 
+def _exported_gate(run: Path) -> dict[str, Any]:
+    """fp32 and int8 ONNX against the run directory's own (PyTorch) gate, on the run's test split."""
+    export = run / layout.EXPORT_DIR
+    if not (export / layout.INT8_FILE).is_file():
+        api.export(run, int8=True)
+    _, cfg, _ = load_run_model(run)
+    data = prepare_data(cfg, manifest=run / layout.SPLITS, progress=False)
+    images = np.asarray(data.cached.images[data.indices(data.eval_split, labelled_only=False)])
+    models = {"torch": run, "onnx": export / layout.ONNX_FILE, "int8": export / layout.INT8_FILE}
+    rows = {name: predict_arrays(load_classifier(path), images) for name, path in models.items()}
+    scores = {name: np.array([r["ood_score"] for r in rs], dtype=float) for name, rs in rows.items()}
+    flagged = {name: np.array([str(r["status"]).startswith("flagged") for r in rs]) for name, rs in rows.items()}
+    result: dict[str, Any] = {"n": len(images)}
+    for name in ("onnx", "int8"):
+        rel = np.abs(scores[name] - scores["torch"]) / np.maximum(scores["torch"], 1e-12)
+        result[name] = {"flag_agreement": float((flagged[name] == flagged["torch"]).mean()),
+                        "flagged": float(flagged[name].mean()), "score_rel_diff_median": float(np.median(rel)),
+                        "score_rel_diff_max": float(rel.max())}
+    result["torch_flagged"] = float(flagged["torch"].mean())
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
@@ -91,6 +117,7 @@ def main() -> None:
     parser.add_argument("--ood", nargs="*", default=[], help="sources of other X-rays (folders of images)")
     parser.add_argument("--shifted", type=Path, help="a class-folder source of the same findings elsewhere")
     parser.add_argument("--shifted-classes", default="", help="SOURCE_CLASS=RUN_CLASS,... for --shifted")
+    parser.add_argument("--onnx", action="store_true", help="also export and compare the ONNX / int8 gate")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     generated = _write_generated(args.out / "generated")
@@ -110,6 +137,8 @@ def main() -> None:
         entry["ood"] = {k: v for k, v in ood.items() if k != "out"}
         if manifest is not None:
             entry["shifted"] = {"source": str(args.shifted), "classes": mapping, **_shifted(run, manifest)}
+        if args.onnx:
+            entry["exported_gate"] = _exported_gate(run)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         results[str(run)] = entry
         atomic.write_json(results_path, results)
@@ -139,6 +168,17 @@ def _print_tables(results: dict[str, Any]) -> None:
                  if n in o["ood"] else "" for n in names]
         print(f"| {Path(run).name} | {o['in_distribution']['flagged']:.1%} (n = {o['in_distribution']['n']}) | "
               + " | ".join(cells) + " |")
+    exported = {run: e["exported_gate"] for run, e in results.items() if "exported_gate" in e}
+    if exported:
+        print("\n| run | n | flagged: torch / onnx / int8 | flag agreement onnx / int8 | "
+              "median (max) relative score difference onnx / int8 |")
+        print("|---|---|---|---|---|")
+        for run, g in exported.items():
+            print(f"| {Path(run).name} | {g['n']} | {g['torch_flagged']:.1%} / {g['onnx']['flagged']:.1%} / "
+                  f"{g['int8']['flagged']:.1%} | {g['onnx']['flag_agreement']:.3f} / "
+                  f"{g['int8']['flag_agreement']:.3f} | "
+                  f"{g['onnx']['score_rel_diff_median']:.1e} ({g['onnx']['score_rel_diff_max']:.1e}) / "
+                  f"{g['int8']['score_rel_diff_median']:.1e} ({g['int8']['score_rel_diff_max']:.1e}) |")
 
 
 if __name__ == "__main__":

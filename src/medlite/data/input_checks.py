@@ -85,23 +85,24 @@ def _dicom_colour(data: bytes, path: Path) -> np.ndarray:
     return _unit(arr[:, :, :3], str(path))
 
 
-def read_for_checks(path: str | Path) -> CheckedImage:
+def read_for_checks(path: str | Path, *, dicom_window: str = "header") -> CheckedImage:
     """Read an image file once and decode it as :func:`read_image` does, plus its colour channels if any.
 
     Args:
         path: a PNG, JPEG, BMP, TIFF or DICOM file.
+        dicom_window: as :func:`read_image` (so that ``gray`` is the image the model is given).
 
     Raises:
         DataError: as :func:`medlite.data.imageio.read_image` (missing, empty, truncated, corrupt file).
     """
     path = Path(path)
-    return checked_from_bytes(load_bytes(path), path)
+    return checked_from_bytes(load_bytes(path), path, dicom_window=dicom_window)
 
 
-def checked_from_bytes(buf: np.ndarray, path: Path) -> CheckedImage:
+def checked_from_bytes(buf: np.ndarray, path: Path, *, dicom_window: str = "header") -> CheckedImage:
     """:func:`read_for_checks` of a file's bytes already in memory (uint8 (N,) buffer; ``path`` names it in
     errors and gives its suffix): what the point-of-care server checks of an upload."""
-    gray = decode_image(buf, path)
+    gray = decode_image(buf, path, dicom_window=dicom_window)
     info = image_info(path, buf.tobytes())
     if info.channels < 3:
         return CheckedImage(gray)

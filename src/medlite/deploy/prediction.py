@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from medlite.data.files import image_files
-from medlite.data.imageio import read_image
 from medlite.data.input_checks import check_image, read_for_checks, tiny_below
 from medlite.data.preprocess import PreprocessConfig, preprocess_image
 from medlite.deploy.cam import cam_unavailable, class_activation_maps, unique_stems, write_cam
@@ -45,11 +44,11 @@ def _load(path: Path, cfg: PreprocessConfig, keep: bool = False) -> tuple[np.nda
     """The preprocessed uint8 (S, S) image of ``path`` (and, with ``keep``, the float image as read), or why it
     cannot be used: ``"error: <reason>"`` (unreadable) or ``"rejected: <reason>"`` (an input check failed)."""
     try:
-        reason = check_image(read_for_checks(path), min_side=tiny_below(cfg.size))
+        checked = read_for_checks(path, dicom_window=cfg.dicom_window)  # one read and decode for both
+        reason = check_image(checked, min_side=tiny_below(cfg.size))
         if reason is not None:
             return f"rejected: {reason}"
-        original = read_image(path, dicom_window=cfg.dicom_window)
-        return preprocess_image(original, cfg), original if keep else None
+        return preprocess_image(checked.gray, cfg), checked.gray if keep else None
     except DataError as err:
         return f"error: {str(err).removeprefix(f'{path}: ')}"
 
