@@ -127,3 +127,10 @@ def test_evaluate_keeps_what_training_recorded(trained_run: tuple[Path, Any], tm
     api.evaluate(copy)
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["calibration"]["method"] == "temperature" and "flagged" in metrics["ood"]
+
+
+def test_ood_sources_get_short_unique_names() -> None:
+    from medlite.workflows.ood_eval import _names
+
+    assert _names(["/data/covid-qu-ex/train", "/a/photos", "/b/photos", "synthetic:binary"]) == [
+        "covid-qu-ex/train", "photos", "photos (2)", "synthetic:binary"]

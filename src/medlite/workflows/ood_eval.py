@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medlite.data.prepared import prepare_data
+from medlite.data.records import SPLIT_NAMES
 from medlite.data.unlabelled import load_unlabelled
 from medlite.errors import MedliteError
 from medlite.metrics.ood import (
@@ -36,7 +37,10 @@ def _names(sources: Sequence[str | Path]) -> list[str]:
     """A short, unique display name per source: the folder or file name (``synthetic:x`` as given)."""
     names: list[str] = []
     for spec in sources:
-        base = str(spec) if str(spec).startswith("synthetic") else Path(spec).name or str(spec)
+        path = Path(spec)
+        # "covid-qu-ex/train", not "train": a split folder is named with the set it belongs to
+        base = str(spec) if str(spec).startswith("synthetic") else \
+            f"{path.parent.name}/{path.name}" if path.name.lower() in SPLIT_NAMES else path.name or str(spec)
         name, n = base, 2
         while name in names:
             name, n = f"{base} ({n})", n + 1
