@@ -42,6 +42,10 @@ def _trust_section(metrics: dict[str, Any]) -> list[str]:
                      + (f" and {val:.1%} of the validation split" if val is not None else "")
                      + " (the false-refusal rate on images like the training data). Colour photographs, blank,"
                      " tiny and extreme-aspect images are *rejected* before the model.")
+        lines.append("- No flag is not a guarantee: at this threshold the gate lets through part of the images "
+                     "unlike the training data, often most X-rays of another population (BENCHMARKS.md, "
+                     "\"Calibration and the OOD gate on real X-rays\"). Measure it on the images a site will see: "
+                     "`medlite evaluate RUN --ood FOLDER`.")
     return lines
 
 
