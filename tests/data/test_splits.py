@@ -224,3 +224,22 @@ def test_manifest_refuses_changed_data(tmp_path: Path) -> None:
         SplitManifest.load(bogus)
     with pytest.raises(DataError, match="not found"):
         SplitManifest.load(tmp_path / "missing.csv")
+
+
+def test_another_source_is_scored_without_the_runs_patient_pattern(tmp_path: Path) -> None:
+    """A run split by Kermany patient ids (personNNN_...) scores another set whose names have no such id."""
+    import cv2
+
+    from medlite.config import build_config
+    from medlite.data.prepared import prepare_other_source
+
+    rng = np.random.default_rng(0)
+    for root, names in ((tmp_path / "own", [f"person{i}_bacteria_{i}.png" for i in range(6)]),
+                        (tmp_path / "other", [f"Normal ({i}).png" for i in range(3)])):
+        for cls in ("normal", "pneumonia"):
+            (root / cls).mkdir(parents=True)
+            for name in names:
+                cv2.imwrite(str(root / cls / name), rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    cfg = build_config(None, source=str(tmp_path / "own"), group_from_filename=True, size=32)
+    other = prepare_other_source(cfg, tmp_path / "other", ["normal", "pneumonia"])
+    assert len(other.indices("test", labelled_only=False)) == 6 and other.classes == ["normal", "pneumonia"]

@@ -172,8 +172,10 @@ def prepare_other_source(cfg: DataSettings, source: str | Path, classes: Sequenc
     is used, otherwise every image is put in ``split``. Its classes are matched to ``classes`` by name (the
     same names in another order are fine; see :func:`match_classes`).
     """
+    # Scored whole, so no patient groups are needed: the run's --group-from-filename pattern (Kermany names)
+    # would refuse another set's file names.
     other = cfg.data.model_copy(update={"source": str(source), "val_frac": 0.0, "test_frac": 0.0, "fraction": 1.0,
-                                        "split_from": None})
+                                        "split_from": None, "group_from_filename": False})
     prepared = prepare_data(_Settings(other, cfg.preprocess, cfg.train), progress=progress)
     mapping = match_classes(prepared.classes, classes, str(source))
     cached = dataclasses.replace(prepared.cached, labels=mapping[prepared.cached.labels], classes=list(classes))
