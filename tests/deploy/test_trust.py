@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,32 @@ def test_the_onnx_export_carries_the_same_calibration_and_gate(trained_run: tupl
     for a, b in zip(eager, onnx, strict=True):
         if a["ood_score"] is not None:
             assert b["ood_score"] == pytest.approx(a["ood_score"], rel=1e-3)
+
+
+def test_the_int8_model_gets_a_threshold_of_its_own(trained_run: tuple[Path, Any], tmp_path: Path) -> None:
+    """int8 rounding moves the pooled features: its threshold is the 99th percentile of its own validation
+    scores, in a gate file of its own, while the fp32 model keeps the run's."""
+    from medlite.data.prepared import prepare_data
+    from medlite.deploy import export_run
+    from medlite.deploy.classifiers import OnnxClassifier
+    from medlite.rundir.store import load_run_model
+
+    run, _ = trained_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # int8 parity of this tiny model may miss its target; not the point here
+        report = export_run(run, int8=True, out=tmp_path / "export")
+    refit = report["int8"]["ood_gate"]
+    assert (tmp_path / "export" / "ood_gate.int8.safetensors").is_file()
+    fp32, int8 = OnnxClassifier(tmp_path / "export" / "model.onnx"), OnnxClassifier(tmp_path / "export" /
+                                                                                    "model.int8.onnx")
+    run_threshold = json.loads((run / "run.json").read_text())["ood_gate"]["threshold"]
+    assert fp32.trust.gate.threshold == pytest.approx(run_threshold)
+    assert int8.trust.gate.threshold == pytest.approx(refit["threshold"])
+    assert int8.contract["ood_gate"]["file"] == "ood_gate.int8.safetensors"
+    _, cfg, _ = load_run_model(run)
+    data = prepare_data(cfg, manifest=run / "splits.csv", progress=False)
+    val = np.ascontiguousarray(data.cached.images[data.indices(refit["split"], labelled_only=False)])
+    logits, pooled = int8.logits_and_pooled(val)
+    scores = int8.trust.gate.score(features=pooled, logits=logits)
+    assert refit["threshold"] == pytest.approx(np.quantile(scores, 0.99))  # the int8 model's own scores
+    assert refit["threshold_fp32"] == pytest.approx(run_threshold) and refit["n"] == len(val)

@@ -40,7 +40,7 @@ from medlite.data.prepared import PreparedData, prepare_data
 from medlite.deploy.classifiers import OnnxClassifier
 from medlite.deploy.contract import INPUT_NAME, OUTPUT_NAMES, normalise, run_contract, set_metadata
 from medlite.deploy.graph_outputs import ExportGraph, cam_head
-from medlite.deploy.quantize import quantize_int8
+from medlite.deploy.quantize import quantize_int8, refit_int8_gate
 from medlite.deploy.trust import Trust
 from medlite.errors import MedliteError, ModelError
 from medlite.models.inputs import predict_logits
@@ -332,6 +332,7 @@ def export_run(
     if int8:
         report["int8"] = _export_int8(fp32_path, out_dir, data, contract, images, reference, threshold,
                                       int8_weights or "uint8")
+        report["int8"]["ood_gate"] = refit_int8_gate(out_dir / INT8_FILE, images, split, layout.INT8_OOD_GATE)
     atomic.write_json(out_dir / PARITY_FILE, report)
     return report
 

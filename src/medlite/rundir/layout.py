@@ -43,6 +43,7 @@ OOD_GATE = "ood_gate.safetensors"  # the out-of-distribution gate's arrays (run.
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+INT8_OOD_GATE = "ood_gate.int8.safetensors"  # the int8 model's gate: its own threshold (deploy.quantize)
 PARITY_FILE = "parity.json"
 
 # explain --evaluate
