@@ -34,6 +34,15 @@ def test_plain_folder_in_any_layout_is_one_unlabelled_class(tmp_path: Path) -> N
     assert len(source) == 6 and {r.label for r in source.records} == {0}
 
 
+def test_lesion_masks_beside_the_images_are_not_read_as_images(tmp_path: Path) -> None:
+    """COVID-QU-Ex's layout: DIR/<class>/*.jpg with DIR/masks/<class>/*.png."""
+    write_images(tmp_path / "COVID-19", 3)
+    write_images(tmp_path / "Normal", 2, seed=1)
+    write_images(tmp_path / "masks" / "COVID-19", 3, seed=2)
+    source = open_unlabelled(tmp_path)
+    assert len(source) == 5 and not any("masks" in r.name for r in source.records)
+
+
 def test_unreadable_file_is_skipped_and_strict_makes_it_fatal(tmp_path: Path) -> None:
     write_images(tmp_path, 2)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)

@@ -22,6 +22,8 @@ from medlite.errors import DataError
 
 #: The one class name of a plain image folder opened as an unlabelled source.
 UNLABELLED = "unlabelled"
+#: Folders of lesion masks beside the images (``DIR/masks/<class>/...``), never read as images.
+MASKS_DIR = "masks"
 
 
 def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, synthetic_per_class: int = 50,
@@ -29,7 +31,7 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
     """Open ``spec`` for its images only.
 
     A folder without a ``train`` sub-folder is read recursively as one class (:data:`UNLABELLED`), whatever its
-    layout; a folder with ``train/`` and every other kind of source go through :func:`open_source`.
+    layout, except files under a ``masks`` folder (lesion masks); a folder with ``train/`` and every other kind of source go through :func:`open_source`.
     Unreadable files are skipped with a warning (``strict`` makes them fatal).
 
     Raises:
@@ -43,7 +45,9 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
 
 
 def _image_folder(root: Path, *, strict: bool) -> Source:
-    readable, skipped = readable_files(walk_images(root), root, strict=strict)
+    # Lesion masks are not images of the set (the class-folder reader skips masks/ the same way).
+    files = [p for p in walk_images(root) if MASKS_DIR not in p.relative_to(root).parts[:-1]]
+    readable, skipped = readable_files(files, root, strict=strict)
     records = [Record(item=str(path), label=0, name=rel) for path, rel in readable]
     parts = [file_fingerprint(path, root) for path, _ in readable]
     if not records:
