@@ -31,8 +31,8 @@ def open_unlabelled(spec: str | Path, *, strict: bool = False, seed: int = 0, sy
     """Open ``spec`` for its images only.
 
     A folder without a ``train`` sub-folder is read recursively as one class (:data:`UNLABELLED`), whatever its
-    layout, except files under a ``masks`` folder (lesion masks); a folder with ``train/`` and every other kind of source go through :func:`open_source`.
-    Unreadable files are skipped with a warning (``strict`` makes them fatal).
+    layout, except files under a ``masks`` folder (lesion masks); a folder with ``train/`` and every other kind
+    of source go through :func:`open_source`. Unreadable files are skipped with a warning (``strict`` makes them fatal).
 
     Raises:
         DataError: missing path, no readable image, or an error of :func:`open_source`.
