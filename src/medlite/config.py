@@ -247,3 +247,15 @@ def load_config(path: str | Path, *, stored: bool = False, **overrides: Any) -> 
         return build_config(raw, **overrides)
     except MedliteError as err:
         raise MedliteError(f"{path}: {err}") from None
+
+
+def resolve_config(config: RunConfig | str | Path | None, **overrides: Any) -> RunConfig:
+    """A run's settings from what a caller gave (a :class:`RunConfig`, a YAML path, or nothing) plus flat
+    overrides, with every path made absolute (the run directory may be read from another working directory)."""
+    if isinstance(config, RunConfig):
+        cfg = build_config(config.model_dump(mode="json"), **overrides)
+    elif config is not None:
+        cfg = load_config(config, **overrides)
+    else:
+        cfg = build_config(None, **overrides)
+    return cfg.with_absolute_paths()

@@ -93,15 +93,9 @@ def follower_config(config: RunConfig | str | Path | None, out: Path, resume: bo
                     overrides: dict[str, Any]) -> RunConfig:
     """The settings rank 0 resolves, read without its checks of ``out`` (rank 0 reports those) and without
     touching ``out``: rank 0 may already have written its config there."""
-    from medlite.config import RunConfig, build_config, load_config
+    from medlite.config import load_config, resolve_config
     from medlite.rundir import layout
 
     if resume:
         return load_config(out / layout.CONFIG, stored=True, **overrides)
-    if isinstance(config, RunConfig):
-        cfg = build_config(config.model_dump(mode="json"), **overrides)
-    elif config is not None:
-        cfg = load_config(config, **overrides)
-    else:
-        cfg = build_config(None, **overrides)
-    return cfg.with_absolute_paths()
+    return resolve_config(config, **overrides)

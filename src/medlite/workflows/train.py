@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlite.config import RunConfig, build_config, load_config
+from medlite.config import RunConfig, load_config, resolve_config
 from medlite.data.augment import XrayAugmentConfig
 from medlite.data.module import XrayDataModule, class_weights
 from medlite.data.prepared import PreparedData, prepare_data
@@ -104,13 +104,7 @@ def _resolve(config: RunConfig | str | Path | None, out: Path, resume: bool, ove
         _remove_unstarted(out)
     elif out.exists() and (out / layout.CONFIG).exists():
         raise MedliteError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-    if isinstance(config, RunConfig):
-        cfg = build_config(config.model_dump(mode="json"), **overrides)
-    elif config is not None:
-        cfg = load_config(config, **overrides)
-    else:
-        cfg = build_config(None, **overrides)
-    return cfg.with_absolute_paths()
+    return resolve_config(config, **overrides)
 
 
 @contextlib.contextmanager
