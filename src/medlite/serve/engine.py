@@ -143,8 +143,9 @@ class Engine:
                 original, fmt = decode_upload(data, label, max_pixels=self.settings.max_pixels,
                                               dicom_window=self.cfg.dicom_window)
                 self._keep(data, fmt, request_id, i)
-                reason = check_image(checked_from_bytes(np.frombuffer(data, np.uint8), Path(label)),
-                                     min_side=tiny_below(self.cfg.size))
+                checked = checked_from_bytes(np.frombuffer(data, np.uint8), Path(label),
+                                             dicom_window=self.cfg.dicom_window)  # as the model's input
+                reason = check_image(checked, min_side=tiny_below(self.cfg.size))
                 if reason is not None:  # not sent to the model: a colour photo, a blank or tiny image ...
                     outcome.items.append({"image": i + 1, "status": "error", "error": f"{label}: rejected: {reason}",
                                           "code": 422})
